@@ -1,0 +1,92 @@
+"""Forward passes: pure functions of a normalised matrix ``A_hat = A / c``.
+
+Each function takes ``(..., n, n)`` symmetric matrices whose spectrum lies in ``(0, ~1]``
+and returns ``A_hat^(1/2)`` or ``A_hat^(-1/2)``; the caller rescales by ``c^(+-1/2)``.
+None of them knows about gradients: :mod:`jaxsqrtm._api` wires the backward passes.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsqrtm import _coefficients
+from jaxsqrtm._matrix import eye_like, mm, polyval, polyval_cost, symmetrize
+
+
+def taylor_root(a_hat, *, degree: int, inverse: bool, precision):
+    """Matrix Taylor polynomial (MTP) of ``A_hat^(+-1/2)`` around the identity.
+
+    ``A_hat^(1/2) ~ sum_{k<=K} a_k Z^k`` and ``A_hat^(-1/2) ~ sum_{k<=K} d_k Z^k`` with
+    ``Z = I - A_hat`` (coefficients in :mod:`jaxsqrtm._coefficients`).
+
+    Cost: :func:`taylor_cost` matrix products (5 for ``K = 10``, Paterson–Stockmeyer).
+    Accuracy: the truncation error at an eigenvalue ``w`` of ``A_hat`` is the tail of the
+    series at ``z = 1 - w``: small for ``w`` near 1, and ``O(1)`` as ``w -> 0`` (a zero
+    eigenvalue maps to ``0.176`` for the root with ``K = 10``); the inverse root's series
+    diverges at ``w = 0``.
+    """
+    coeffs = _coefficients.taylor_inv_sqrt(degree) if inverse else _coefficients.taylor_sqrt(degree)
+    (root,) = polyval([coeffs], eye_like(a_hat) - a_hat, precision=precision)
+    return root
+
+
+def taylor_cost(degree: int) -> int:
+    """Matrix products of :func:`taylor_root`."""
+    return polyval_cost(degree)
+
+
+def pade_root(a_hat, *, degree: int, inverse: bool, precision):
+    """Matrix Padé approximant (MPA) of ``A_hat^(+-1/2)``.
+
+    ``A_hat^(1/2) ~ Q(A_hat)^(-1) P(A_hat)`` and ``A_hat^(-1/2) ~ P(A_hat)^(-1) Q(A_hat)``
+    with the ``[m/m]`` polynomials of :func:`jaxsqrtm._coefficients.pade_sqrt`. ``P`` and
+    ``Q`` commute, have positive coefficients, and are evaluated with shared powers.
+
+    Cost: :func:`pade_cost` matrix products (4 for ``m = 5``) and one batched LU solve.
+    Accuracy: relative error ``~2 r^(2m+1)`` at an eigenvalue ``w``, with
+    ``r = |1 - sqrt(w)| / (1 + sqrt(w))``; a zero eigenvalue maps to ``1 / (2m + 1)``.
+    """
+    p, q = polyval(_coefficients.pade_sqrt(degree), a_hat, precision=precision)
+    numerator, denominator = (q, p) if inverse else (p, q)
+    return symmetrize(jnp.linalg.solve(denominator, numerator))
+
+
+def pade_cost(degree: int) -> int:
+    """Matrix products of :func:`pade_root` (the solve excluded)."""
+    return polyval_cost(degree, num_polys=2)
+
+
+def newton_schulz_root(a_hat, *, num_iters: int, inverse: bool, precision):
+    """Coupled Newton–Schulz iteration (iSQRT-COV) for ``A_hat^(+-1/2)``.
+
+    ``Y_0 = A_hat, Z_0 = I``; ``T_k = (3I - Z_k Y_k) / 2``, ``Y_{k+1} = Y_k T_k``,
+    ``Z_{k+1} = T_k Z_k``; ``Y_k -> A_hat^(1/2)`` and ``Z_k -> A_hat^(-1/2)`` quadratically
+    once the spectrum is near 1, for a spectrum in ``(0, 3)``.
+
+    Cost: :func:`newton_schulz_cost` matrix products (12 for 5 iterations): the first
+    iteration needs one product (``Z_0 = I``), the last only the requested root.
+    Accuracy: an eigenvalue ``w`` needs about ``log2(1/w) / 2`` iterations before the
+    quadratic phase, so a fixed 5 iterations leave small eigenvalues unconverged.
+    """
+    eye = eye_like(a_hat)
+    t = 0.5 * (3 * eye - a_hat)
+    if num_iters == 1:
+        return t if inverse else mm(a_hat, t, precision)
+    y, z = mm(a_hat, t, precision), t
+
+    def step(_, carry):
+        y, z = carry
+        t = 0.5 * (3 * eye - mm(z, y, precision))
+        return mm(y, t, precision), mm(t, z, precision)
+
+    y, z = lax.fori_loop(0, num_iters - 2, step, (y, z))
+    t = 0.5 * (3 * eye - mm(z, y, precision))
+    return mm(t, z, precision) if inverse else mm(y, t, precision)
+
+
+def newton_schulz_cost(num_iters: int, inverse: bool = False) -> int:
+    """Matrix products of :func:`newton_schulz_root`."""
+    if num_iters == 1:
+        return 0 if inverse else 1
+    return 1 + 3 * (num_iters - 2) + 2
