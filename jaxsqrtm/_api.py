@@ -330,3 +330,45 @@ def _eigh_root_bwd(config, residuals, g):
 
 
 _eigh_root.defvjp(_eigh_root_fwd, _eigh_root_bwd)
+
+
+def matmul_count(
+    method: str = "mpa",
+    *,
+    inverse: bool = False,
+    backward: bool = False,
+    degree: int | None = None,
+    num_iters: int | None = None,
+    normalization: str | None = None,
+    backward_iters: int | None = None,
+) -> int | None:
+    """Number of ``n x n`` matrix products one call performs per matrix.
+
+    Counts the forward pass, plus the backward pass when ``backward`` is true. The batched
+    linear solve of ``"mpa"`` is not a product and is not counted. Reverse-mode autodiff
+    through a product costs two products, so ``"ns"``'s backward is counted as twice its
+    forward. Returns ``None`` for ``"eigh"``, which is not built from products.
+    """
+    config = _make_config(
+        "matmul_count",
+        inverse,
+        method,
+        "highest",
+        degree=degree,
+        num_iters=num_iters,
+        normalization=normalization,
+        backward_iters=backward_iters,
+    )
+    if config.method == "eigh":
+        return None
+    if config.method == "ns":
+        forward = _methods.newton_schulz_cost(config.num_iters, inverse)
+        return 3 * forward if backward else forward
+    if config.method == "mpa":
+        forward = _methods.pade_cost(config.degree)
+    else:
+        forward = _methods.taylor_cost(config.degree)
+    if not backward:
+        return forward
+    extra = 3 if inverse else 0  # P^2, P^2 G and (P^2 G) P^2
+    return forward + extra + _lyapunov.lyapunov_cost(config.backward_iters, symmetric_rhs=True)
