@@ -7,7 +7,8 @@ None of them knows about gradients: :mod:`jaxsqrtm._api` wires the backward pass
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+import jax
+import jax.scipy.linalg
 from jax import lax
 
 from jaxsqrtm import _coefficients
@@ -49,7 +50,9 @@ def pade_root(a_hat, *, degree: int, inverse: bool, precision):
     """
     p, q = polyval(_coefficients.pade_sqrt(degree), a_hat, precision=precision)
     numerator, denominator = (q, p) if inverse else (p, q)
-    return symmetrize(jnp.linalg.solve(denominator, numerator))
+    # LU factor + triangular solves: ~10x faster on CPU than jnp.linalg.solve, whose
+    # custom_linear_solve wrapper is only needed to differentiate through the solve.
+    return symmetrize(jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(denominator), numerator))
 
 
 def pade_cost(degree: int) -> int:
