@@ -1,0 +1,109 @@
+"""Command line of ``python -m jaxsqrtm.bench``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import sys
+
+from jaxsqrtm import testing
+from jaxsqrtm.bench import cases, report, runner, workloads
+
+DESCRIPTION = """\
+Time and accuracy of jaxsqrtm's matrix square roots against batch size and matrix size,
+at the application shapes, next to eigh and jax.scipy.linalg.sqrtm: forward and
+forward+backward medians over interleaved repeats, compile time, a roofline ratio
+(time / (products x time of one batched product)) and the relative error against a
+float64 reference. Prints Markdown tables to stdout."""
+
+
+BLAS_HINT = (
+    "note: OPENBLAS_NUM_THREADS is not set. The LAPACK calls behind eigh, the MPA solve and "
+    "jax.scipy.linalg.sqrtm run on OpenBLAS threads that compete with XLA's; on a busy CPU "
+    "this can slow them by orders of magnitude. Set OPENBLAS_NUM_THREADS=1 for stable figures."
+)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(item) for item in text.split(",") if item.strip())
+
+
+def _names(choices):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(item.strip() for item in text.split(",") if item.strip())
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {tuple(choices)}")
+        return names
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser; every option left out keeps the preset's value."""
+    p = argparse.ArgumentParser(prog="python -m jaxsqrtm.bench", description=DESCRIPTION)
+    p.add_argument("--quick", action="store_true", help="a subset that takes < 2 min on 2 cores")
+    p.add_argument("--json", type=pathlib.Path, help="write every figure and setting here")
+    p.add_argument("--plot", type=pathlib.Path, help="write PNG figures into this directory")
+    p.add_argument("--markdown", type=pathlib.Path, help="also write the tables to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep = p.add_argument_group("workloads (comma-separated lists)")
+    sweep.add_argument("--workloads", type=_names(workloads.WORKLOAD_KINDS))
+    sweep.add_argument("--batches", type=_ints, help="batch sizes of the batch sweep")
+    sweep.add_argument("--batch-n", dest="batch_sweep_n", type=int, help="n of the batch sweep")
+    sweep.add_argument("--sizes", type=_ints, help="matrix sizes of the size sweep")
+    sweep.add_argument("--size-batch", dest="size_sweep_batch", type=int)
+    sweep.add_argument("--pooling-batch", type=int, help="batch of covariance pooling (x256x256)")
+    sweep.add_argument("--methods", type=_names((*_library_methods(), cases.STOCK)))
+    sweep.add_argument("--functions", type=_names(cases.FUNCTIONS))
+    sweep.add_argument("--dtypes", type=_names(workloads.DTYPES), help="of sweeps and targets")
+    sweep.add_argument("--app-dtypes", dest="application_dtypes", type=_names(workloads.DTYPES))
+    measure = p.add_argument_group("measurement")
+    measure.add_argument("--repeats", type=int, help="interleaved timed samples per case")
+    measure.add_argument("--warmup", type=int, help="untimed calls per case")
+    measure.add_argument("--min-sample-seconds", dest="min_sample_s", type=float)
+    measure.add_argument("--min-repeats", type=int, help="samples even for slow cases")
+    measure.add_argument("--max-case-seconds", dest="max_case_s", type=float)
+    measure.add_argument("--kappa", type=float, help="condition number of the inputs")
+    measure.add_argument("--spectrum", choices=testing.SPECTRA)
+    measure.add_argument("--seed", type=int)
+    return p
+
+
+def _library_methods() -> tuple[str, ...]:
+    import jaxsqrtm
+
+    return jaxsqrtm.METHODS
+
+
+def settings_from(args: argparse.Namespace) -> workloads.Settings:
+    """The preset (full or ``--quick``) with every given option applied."""
+    fields = {f.name for f in dataclasses.fields(workloads.Settings)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return workloads.quick_settings(**given) if args.quick else workloads.Settings(**given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; write the JSON, figures and tables asked for."""
+    args = parser().parse_args(argv)
+    settings = settings_from(args)
+    if min(settings.repeats, settings.warmup, settings.min_repeats) < 1:
+        parser().error("--repeats, --warmup and --min-repeats must be at least 1")
+    if "OPENBLAS_NUM_THREADS" not in os.environ:
+        print(BLAS_HINT, file=sys.stderr)
+    result = runner.run_benchmark(settings, progress=not args.no_progress)
+    text = report.markdown(result)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text, encoding="utf-8")
+    if args.json:
+        args.json.write_text(report.to_json(result), encoding="utf-8")
+    if args.plot:
+        from jaxsqrtm.bench import plot
+
+        for path in plot.write_figures(result, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
+    print(f"total {result['elapsed_s']:.1f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,283 @@
+"""Run the benchmark: time every case of every shape group and measure its error.
+
+:func:`run_benchmark` returns plain data (dicts, lists, floats) ready for JSON: the
+device and versions, the settings, one record per batched product measured, one row per
+(shape, function, method, dtype) and a summary of the targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxsqrtm
+from jaxsqrtm import testing
+from jaxsqrtm.bench import cases, report, timing, workloads
+
+
+def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dict:
+    """Run every workload of ``settings`` and return all figures.
+
+    Args:
+        settings: what to measure (:class:`jaxsqrtm.bench.workloads.Settings`).
+        progress: show a progress bar on stderr (needs ``tqdm``; silently off without).
+
+    Returns:
+        A JSON-ready dict with keys ``device``, ``versions``, ``settings``, ``products``,
+        ``rows``, ``summary`` and ``elapsed_s``.
+    """
+    start = time.perf_counter()
+    load_before = load_average()
+    methods = cases.available_methods(settings.methods)
+    settings = dataclasses.replace(settings, methods=methods)
+    plan = workloads.plan_groups(settings)
+    bar = progress_bar(sum(steps(group, settings) for group in plan), progress)
+    products, rows = [], []
+    try:
+        for group in plan:
+            bar.set_description(f"{group.batch}x{group.n}x{group.n}")
+            group_products, group_rows = run_group(group, settings, bar)
+            products += group_products
+            rows += group_rows
+    finally:
+        bar.close()
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_info(),
+        "versions": versions(),
+        "environment": {
+            "threads": thread_settings(),
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+        },
+        "settings": dataclasses.asdict(settings),
+        "products": products,
+        "rows": rows,
+        "summary": report.summary(rows),
+        "elapsed_s": time.perf_counter() - start,
+    }
+
+
+def steps(group: workloads.Group, settings: workloads.Settings) -> int:
+    """Progress steps of one group: a compilation and ``repeats`` samples per case."""
+    specs = cases.case_specs(settings.functions, settings.methods, group.dtypes)
+    chains = {cases.compute_dtype(d) for d in group.dtypes}
+    return (len(specs) + len(chains) * len(cases.CHAIN_LENGTHS)) * (1 + settings.repeats)
+
+
+def run_group(group: workloads.Group, settings: workloads.Settings, bar) -> tuple[list, list]:
+    """Compile, time (interleaved) and check every case of one shape group."""
+    a64 = workloads.input_matrices(group, settings)
+    g64 = workloads.cotangent(group, settings)
+    inputs = {d: (jnp.asarray(a64, d), jnp.asarray(g64, d)) for d in group.dtypes}
+
+    chains = {}
+    for dtype in dict.fromkeys(cases.compute_dtype(d) for d in group.dtypes):
+        right = workloads.product_operand(group, settings)
+        operands = (jnp.asarray(a64, dtype), jnp.asarray(right, dtype))
+        chains[dtype] = []
+        for length in cases.CHAIN_LENGTHS:
+            chain = functools.partial(cases.product_chain, length=length)
+            chains[dtype].append(timing.compile_timed(chain, operands))
+            bar.update(1)
+    timed = {}
+    for spec in cases.case_specs(settings.functions, settings.methods, group.dtypes):
+        a, g = inputs[spec.dtype]
+        args = (a,) if spec.mode == "forward" else (a, g)
+        timed[spec] = timing.compile_timed(cases.case_function(spec), args)
+        bar.update(1)
+
+    everything = [*(c for pair in chains.values() for c in pair), *timed.values()]
+    for item in everything:
+        timing.warm_up(item, settings.warmup, settings.min_sample_s)
+    timing.measure_interleaved(
+        everything,
+        repeats=settings.repeats,
+        min_repeats=settings.min_repeats,
+        max_case_s=settings.max_case_s,
+        on_sample=lambda: bar.update(1),
+    )
+    bar.update(sum(settings.repeats - len(item.samples) for item in everything))
+
+    product_s = {dtype: product_statistics(*pair) for dtype, pair in chains.items()}
+    products = [
+        {"batch": group.batch, "n": group.n, "dtype": str(dtype), **stats}
+        for dtype, stats in product_s.items()
+    ]
+    rows = [make_row(group, key, modes, product_s, inputs) for key, modes in by_root(timed).items()]
+    return products, rows
+
+
+def by_root(timed: dict) -> dict:
+    """``{(function, method, dtype): {mode: Timed}}``, in case order."""
+    grouped: dict = {}
+    for spec, item in timed.items():
+        grouped.setdefault((spec.function, spec.method, spec.dtype), {})[spec.mode] = item
+    return grouped
+
+
+def product_statistics(short: timing.Timed, long: timing.Timed) -> dict:
+    """Time of one batched product: the two chains' per-round difference per extra product.
+
+    The chains are timed in the same rounds, so round ``i`` of each forms a pair. ``best_s``
+    is the difference of the fastest samples. Where noise makes the difference useless
+    (not positive), the long chain's time per product stands in.
+    """
+    extra = cases.CHAIN_LENGTHS[1] - cases.CHAIN_LENGTHS[0]
+    pairs = min(len(short.samples), len(long.samples))
+    per_round = (np.subtract(long.samples[:pairs], short.samples[:pairs])) / extra
+    best = (min(long.samples) - min(short.samples)) / extra
+    stats = timing.summarize(per_round)
+    if stats["median_s"] <= 0 or best <= 0:
+        per_round = np.asarray(long.samples) / cases.CHAIN_LENGTHS[1]
+        stats, best = timing.summarize(per_round), float(per_round.min())
+    return {
+        **stats,
+        "best_s": best,
+        "chain_lengths": list(cases.CHAIN_LENGTHS),
+        "call_overhead_s": float(np.median(short.samples)) - stats["median_s"],
+        "compile_s": long.compile_s,
+    }
+
+
+def make_row(group, key, modes, product_s, inputs) -> dict:
+    """One table row: timings per mode with their roofline ratio, and the errors."""
+    function, method, dtype = key
+    product = product_s[cases.compute_dtype(dtype)]
+    row = {
+        "workloads": [{"kind": w.kind, "label": w.label} for w in group.workloads],
+        "batch": group.batch,
+        "n": group.n,
+        "shape": [group.batch, group.n, group.n],
+        "source": group.source,
+        "function": function,
+        "method": method,
+        "dtype": dtype,
+        "product_s": product["median_s"],
+        "product_best_s": product["best_s"],
+    }
+    for mode in cases.MODES:
+        item = modes.get(mode)
+        if item is None:
+            row[mode] = None
+            continue
+        stats = timing.statistics(item)
+        count = cases.matmuls(cases.CaseSpec(function, method, mode, dtype))
+        row[mode] = {
+            **stats,
+            "matmuls": count,
+            "roofline": stats["median_s"] / (count * product["median_s"]) if count else None,
+            "roofline_best": stats["min_s"] / (count * product["best_s"]) if count else None,
+        }
+    row["error"] = errors(function, modes, *inputs[dtype])
+    return row
+
+
+def errors(function: str, modes: dict, a, g) -> dict:
+    """Relative Frobenius errors (largest over the batch) against the float64 oracles.
+
+    The outputs checked are those of the cases' last warm-up calls.
+
+    The reference is that of the input as the method received it (after rounding to its
+    dtype), so the figures measure the method, not the input's rounding.
+    """
+    inverse = function == "inv_sqrtm"
+    a64 = np.asarray(a).astype(np.float64)
+    g64 = np.asarray(g).astype(np.float64)
+    root = modes["forward"].output
+    result = {
+        "forward": testing.relative_error(root, testing.sqrtm_reference(a64, inverse=inverse)),
+        "gradient": None,
+    }
+    if "forward_backward" in modes:
+        _, grad = modes["forward_backward"].output
+        reference = testing.sqrtm_vjp_reference(a64, g64, inverse=inverse)
+        result["gradient"] = testing.relative_error(grad, reference)
+    return result
+
+
+def device_info() -> dict:
+    """The device the benchmark ran on, and the host CPU."""
+    device = jax.devices()[0]
+    return {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` where there is one."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
+
+
+def thread_settings() -> dict:
+    """Environment variables that change how many threads XLA and LAPACK use."""
+    return {name: os.environ.get(name) for name in THREAD_VARIABLES}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, where the platform has them.
+
+    Other work on the machine inflates and spreads the timings.
+    """
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def versions() -> dict:
+    """Versions of everything that shapes the figures."""
+    import jaxlib
+
+    return {
+        "jaxsqrtm": jaxsqrtm.__version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_description(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, enabled: bool):
+    """A ``tqdm`` bar on stderr, or a silent stand-in when disabled or not installed."""
+    if not enabled:
+        return _NoProgress()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)

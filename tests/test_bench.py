@@ -1,0 +1,152 @@
+"""The benchmark command runs end to end on tiny shapes and writes complete results.
+
+No timing is asserted: only that every figure the JSON promises is there and finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import jaxsqrtm
+from jaxsqrtm import bench
+from jaxsqrtm.bench import cases, cli, workloads
+
+TINY = [
+    "--quick",
+    "--workloads", "batch,size",
+    "--batches", "2",
+    "--batch-n", "8",
+    "--sizes", "8",
+    "--size-batch", "2",
+    "--repeats", "1",
+    "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One run of ``main`` on a single 2 x 8 x 8 group serving both sweeps."""
+    out = tmp_path_factory.mktemp("bench")
+    json_path, plot_dir, markdown_path = out / "bench.json", out / "plots", out / "bench.md"
+    code = bench.main(
+        [*TINY, "--json", str(json_path), "--plot", str(plot_dir), "--markdown", str(markdown_path)]
+    )
+    assert code == 0
+    return json.loads(json_path.read_text()), plot_dir, markdown_path
+
+
+def test_json_records_device_versions_and_settings(tiny_run):
+    result, _, _ = tiny_run
+    assert result["device"]["platform"]
+    assert result["device"]["cpu_count"] >= 1
+    assert result["versions"]["jax"]
+    assert result["versions"]["jaxsqrtm"] == jaxsqrtm.__version__
+    settings = result["settings"]
+    assert settings["batches"] == [2]
+    assert settings["sizes"] == [8]
+    assert settings["repeats"] == 1
+    assert set(jaxsqrtm.METHODS) <= set(settings["methods"])
+    assert set(settings["functions"]) == {"sqrtm", "inv_sqrtm"}
+    assert "threads" in result["environment"]
+
+
+def test_every_method_and_function_has_a_row(tiny_run):
+    result, _, _ = tiny_run
+    pairs = {(r["function"], r["method"]) for r in result["rows"]}
+    for method in jaxsqrtm.METHODS:
+        assert ("sqrtm", method) in pairs
+        assert ("inv_sqrtm", method) in pairs
+
+
+def test_rows_carry_shape_times_roofline_and_finite_errors(tiny_run):
+    result, _, _ = tiny_run
+    assert result["rows"]
+    for row in result["rows"]:
+        assert row["shape"] == [2, 8, 8]
+        assert {w["kind"] for w in row["workloads"]} == {"batch", "size"}
+        assert row["dtype"] == "float32"
+        assert row["product_s"] > 0
+        modes = ["forward"] if row["method"] == cases.STOCK else list(cases.MODES)
+        for mode in modes:
+            timing = row[mode]
+            assert timing["median_s"] > 0
+            assert timing["min_s"] <= timing["median_s"] <= timing["max_s"]
+            assert timing["compile_s"] > 0
+            assert timing["repeats"] == 1
+            if timing["matmuls"] is None:
+                assert timing["roofline"] is None
+            else:
+                assert timing["roofline"] > 0
+        assert isinstance(row["error"]["forward"], float)
+        assert math.isfinite(row["error"]["forward"])
+        if row["method"] == cases.STOCK:
+            assert row["forward_backward"] is None
+            assert row["error"]["gradient"] is None
+        else:
+            assert isinstance(row["error"]["gradient"], float)
+            assert math.isfinite(row["error"]["gradient"])
+
+
+def test_summary_and_products(tiny_run):
+    result, _, _ = tiny_run
+    assert [(p["batch"], p["n"]) for p in result["products"]] == [(2, 8)]
+    summary = result["summary"]
+    assert summary["roofline_target"] == 1.3
+    assert summary["roofline"] == []  # only n >= 64 counts
+    functions = {entry["function"] for entry in summary["mpa_over_eigh"]}
+    assert functions == {"sqrtm", "inv_sqrtm"}
+    assert all(entry["ratio"] > 0 for entry in summary["mpa_over_eigh"])
+
+
+def test_plots_and_markdown_are_written(tiny_run):
+    _, plot_dir, markdown_path = tiny_run
+    names = {p.name: p.stat().st_size for p in plot_dir.glob("*.png")}
+    assert set(names) == {"time_vs_batch.png", "time_vs_size.png", "error_vs_size.png"}
+    assert all(size > 1000 for size in names.values())
+    text = markdown_path.read_text()
+    assert "Time against batch size" in text
+    assert "Relative error against float64" in text
+
+
+def test_quick_preset_takes_overrides():
+    args = cli.parser().parse_args(["--quick", "--sizes", "16,32", "--methods", "mpa,eigh"])
+    settings = cli.settings_from(args)
+    assert settings.sizes == (16, 32)
+    assert settings.methods == ("mpa", "eigh")
+    assert settings.repeats == workloads.quick_settings().repeats
+    assert cli.settings_from(cli.parser().parse_args([])) == workloads.Settings()
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--methods", "svd"])
+
+
+def test_plan_merges_shapes_and_covers_every_method():
+    settings = workloads.Settings(
+        batches=(1, 64), sizes=(64, 128), workloads=("batch", "size", "target")
+    )
+    groups = workloads.plan_groups(settings)
+    shapes = [(g.batch, g.n) for g in groups]
+    assert len(shapes) == len(set(shapes))
+    assert set(shapes) == {(1, 64), (64, 64), (1, 128), (256, 32)}
+    merged = next(g for g in groups if (g.batch, g.n) == (64, 64))
+    assert {w.kind for w in merged.workloads} == {"batch", "target"}
+    specs = cases.case_specs(cases.FUNCTIONS, cases.available_methods(), ("float32",))
+    for method in jaxsqrtm.METHODS:
+        for function in cases.FUNCTIONS:
+            for mode in cases.MODES:
+                assert cases.CaseSpec(function, method, mode, "float32") in specs
+
+
+def test_application_workloads_use_their_shapes():
+    settings = workloads.Settings(workloads=("application",), pooling_batch=8)
+    found = {w.label: (w.batch, w.n, w.dtypes) for w in workloads.selected_workloads(settings)}
+    assert found["decorrelated_bn"][:2] == (1, 64)
+    assert found["so_vit_head"][:2] == (64, 48)
+    assert found["covariance_pooling"][:2] == (8, 256)
+    assert found["style_transfer"][:2] == (4, 512)
+    assert "bfloat16" in found["style_transfer"][2]
