@@ -7,8 +7,8 @@ Newton–Schulz and eigendecomposition baselines. Every routine is batched over 
 axes and works under ``jit``, ``vmap`` and ``grad``.
 """
 
-from jaxsqrtm._api import METHODS, inv_sqrtm, matmul_count, sqrtm
+from jaxsqrtm._api import METHODS, RootInfo, inv_sqrtm, matmul_count, sqrtm
 from jaxsqrtm._lyapunov import solve_lyapunov
 
-__all__ = ["METHODS", "inv_sqrtm", "matmul_count", "solve_lyapunov", "sqrtm"]
+__all__ = ["METHODS", "RootInfo", "inv_sqrtm", "matmul_count", "solve_lyapunov", "sqrtm"]
 __version__ = "0.1.0"

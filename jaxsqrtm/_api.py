@@ -10,22 +10,44 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsqrtm import _lyapunov, _methods, _validation
-from jaxsqrtm._matrix import matrix_scale, mm, symmetrize
+from jaxsqrtm import _lyapunov, _methods, _sign, _validation
+from jaxsqrtm._matrix import frobenius_norm, matrix_scale, mm, spectral_bound, symmetrize
 
-METHODS = ("mpa", "mtp", "ns", "eigh")
+METHODS = ("auto", "mpa", "mtp", "ns", "eigh")
 
 _DEFAULTS = {
+    "auto": {"normalization": "spectral_bound", "max_iters": _sign.MAX_ITERS, "ridge": None},
     "mpa": {"degree": 5, "normalization": "frobenius", "backward_iters": 8},
     "mtp": {"degree": 10, "normalization": "frobenius", "backward_iters": 8},
     "ns": {"num_iters": 5, "normalization": "trace"},
     "eigh": {},
 }
+# Scales that never undershoot the largest eigenvalue, as the adaptive schedule needs.
+_BOUNDS = ("spectral_bound", "frobenius", "trace")
+
+
+class RootInfo(NamedTuple):
+    """Diagnostics returned next to the root by ``return_info=True``; shapes ``(...,)``.
+
+    Attributes:
+        residual: ``||X^2 - A||_F / ||A||_F`` for :func:`sqrtm`,
+            ``||X A X - I||_F / sqrt(n)`` for :func:`inv_sqrtm`, with ``A`` the symmetric
+            part of the input (one or two extra products, only when requested).
+        iterations: forward iterations used: adaptive for ``"auto"``, ``num_iters`` for
+            ``"ns"``, 0 for the closed forms ``"mpa"``, ``"mtp"`` and ``"eigh"``.
+        scale: the per-matrix scale ``c`` of ``A_hat = A / c`` (for ``"auto"`` that of
+            ``A + ridge c I``; for ``"eigh"`` the largest absolute eigenvalue).
+    """
+
+    residual: jax.Array
+    iterations: jax.Array
+    scale: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +57,24 @@ class _Config:
     method: str
     inverse: bool
     precision: lax.Precision
+    return_info: bool = False
     degree: int | None = None
     num_iters: int | None = None
     normalization: str | None = None
     backward_iters: int | None = None
+    max_iters: int | None = None
+    ridge: float | None = None
 
 
-def _make_config(func, inverse, method, precision, **knobs) -> _Config:
+def _check_ridge(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"ridge must be a Python float, got {value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"ridge must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _make_config(func, inverse, method, precision, return_info, **knobs) -> _Config:
     method = _validation.check_choice(method, "method", METHODS)
     defaults = _DEFAULTS[method]
     resolved = {}
@@ -55,157 +88,175 @@ def _make_config(func, inverse, method, precision, **knobs) -> _Config:
             continue
         value = defaults[name] if value is None else value
         if name == "normalization":
-            value = _validation.check_choice(value, name, _validation.NORMALIZATIONS)
+            choices = _BOUNDS if method == "auto" else _validation.NORMALIZATIONS
+            value = _validation.check_choice(value, name, choices)
+        elif name == "ridge":
+            value = None if value is None else _check_ridge(value)
         else:
             value = _validation.check_count(
                 value, name, minimum=0 if name == "backward_iters" else 1
             )
         resolved[name] = value
+    if not isinstance(return_info, bool):
+        raise TypeError(f"{func}: return_info must be a bool, got {return_info!r}")
     return _Config(
         method=method,
         inverse=inverse,
         precision=_validation.check_precision(precision),
+        return_info=return_info,
         **resolved,
     )
 
 
-def sqrtm(
-    a,
-    *,
-    method: str = "mpa",
-    degree: int | None = None,
-    num_iters: int | None = None,
-    normalization: str | None = None,
-    backward_iters: int | None = None,
-    precision="highest",
-):
-    """Square root ``A^(1/2)`` of symmetric positive (semi-)definite matrices.
+_KNOBS_DOC = """
+    Methods (the per-matrix scale ``c`` maps ``A`` to ``A_hat = A / c`` with spectrum
+    in ``(0, ~1]``; the root of ``A_hat`` is computed and rescaled by ``c^(+-1/2)``):
 
-    Every matrix is scaled on its own, ``A_hat = A / c``, its root approximated, and the
-    result rescaled by ``sqrt(c)``. Methods:
-
+    * ``"auto"``: the accurate mode. Optimally scaled coupled Newton–Schulz iterations
+      run until each matrix has converged (about 6 at condition number ``1e2``, 12 at
+      ``1e6`` in float32; 3 products each), scaled by a guaranteed bound of the largest
+      eigenvalue, with a ridge ``ridge * c`` (default: the machine epsilon) added so
+      rank-deficient input converges; Lyapunov backward with the same adaptive
+      schedule. Matmul-only, float32 round-off accuracy up to condition number ``1e6``.
     * ``"mpa"``: matrix Padé approximant ``Q(A_hat)^(-1) P(A_hat)`` of degree
-      ``[m/m]`` (``degree``, default 5): 4 products and one batched solve.
-    * ``"mtp"``: matrix Taylor polynomial of ``sqrt(1 - Z)``, ``Z = I - A_hat``, to
-      degree ``K`` (``degree``, default 10): 5 products (Paterson–Stockmeyer).
+      ``[m/m]`` (``degree``, default 5): 4 products and one batched LU solve.
+    * ``"mtp"``: matrix Taylor polynomial in ``Z = I - A_hat`` of degree ``K``
+      (``degree``, default 10): 5 products (Paterson–Stockmeyer).
     * ``"ns"``: coupled Newton–Schulz (iSQRT-COV), ``num_iters`` (default 5)
       iterations, trace normalisation: ``3 num_iters - 3`` products; gradient by autodiff
       through the iterations.
-    * ``"eigh"``: ``V diag(sqrt(max(l, 0))) V^T`` with the Daleckii–Krein gradient, finite
-      at repeated eigenvalues.
+    * ``"eigh"``: ``V f(l) V^T`` (negative eigenvalues clamped to 0 for the root) with
+      the Daleckii–Krein gradient, finite at repeated eigenvalues.
 
-    ``"mpa"`` and ``"mtp"`` differentiate by solving the Lyapunov equation
-    ``S X + X S = G`` (``S`` the computed root, ``G`` the cotangent) with
-    ``backward_iters`` (default 8) Newton–Schulz sign iterations started at
-    ``S / sqrt(c)``: 5 products each. The gradient is that of the exact square root at
-    the computed ``S``, not the derivative of the truncated forward; only ``S`` and
-    ``c`` are kept for the backward.
+    ``"mpa"`` and ``"mtp"`` differentiate by solving the Lyapunov equation with
+    ``backward_iters`` (default 8) Newton–Schulz sign iterations (5 products each). The
+    gradient is that of the exact root at the computed one, not the derivative of the
+    truncated forward; the backward keeps only the result and one scalar per matrix.
 
     Args:
         a: ``(..., n, n)`` real matrices, any number of batch axes. Only the symmetric
             part ``(A + A^T) / 2`` is used, and the gradient is symmetric.
-        method: ``"mpa"``, ``"mtp"``, ``"ns"`` or ``"eigh"``.
-        degree: Padé degree ``m`` or Taylor degree ``K`` (``"mpa"``/``"mtp"`` only).
+        method: ``"auto"``, ``"mpa"``, ``"mtp"``, ``"ns"`` or ``"eigh"``.
+        degree: Padé degree ``m`` or Taylor degree ``K`` (``"mpa"``/``"mtp"`` only). In
+            float32 keep ``m <= 8``: ``Q(A_hat)`` becomes ill-conditioned.
         num_iters: Newton–Schulz iterations (``"ns"`` only).
-        normalization: per-matrix scale ``c``: ``"frobenius"`` (``||A||_F``, the default
-            of ``"mpa"``/``"mtp"``), ``"spectral"`` (power-iteration estimate of the
-            largest eigenvalue) or ``"trace"`` (the default of ``"ns"``).
+        normalization: per-matrix scale ``c``: ``"frobenius"`` (``||A||_F``; default of
+            ``"mpa"``/``"mtp"``), ``"spectral"`` (power-iteration estimate of the
+            largest eigenvalue, may undershoot it), ``"spectral_bound"``
+            (``min(||A||_F, ||A^2||_F^(1/2))``, one product; default of ``"auto"``,
+            which accepts only bounds) or ``"trace"`` (default of ``"ns"``).
         backward_iters: sign iterations of the Lyapunov backward (``"mpa"``/``"mtp"``).
+        max_iters: cap on the adaptive iterations of ``"auto"`` (default 40).
+        ridge: ``"auto"`` computes the root of ``A + ridge * c * I`` (default: the
+            machine epsilon of the compute dtype, ``1.2e-7`` in float32). It bounds the
+            condition number by ``1 / ridge`` and so the iteration count; zero
+            eigenvalues map to ``sqrt(ridge * c)``.
         precision: matmul precision inside the iterations, ``"highest"`` by default
             (JAX's default float32 matmul is TF32 on recent GPUs and bfloat16 on TPUs).
+        return_info: also return a :class:`RootInfo` (residual, iterations, scale).
 
     Returns:
-        An array of the shape and dtype of ``a``; bfloat16/float16 inputs are computed in
-        float32 and cast back.
+        An array of the shape and dtype of ``a`` (bfloat16/float16 are computed in
+        float32 and cast back), and with ``return_info=True`` a :class:`RootInfo`.
 
     Raises:
         TypeError: integer, boolean or complex ``a``; a non-integer count.
         ValueError: fewer than 2 dimensions, non-square matrices, an unknown method,
             normalization or precision, a knob that the method does not use.
 
-    Accuracy (paper settings; see the README's table): ``"mpa"``'s relative error is
-    about ``1e-2`` at condition number 10 and grows to ``O(1)`` beyond ``1e4``, because
-    the Frobenius scaling leaves small eigenvalues far from 1; the backward with 8
-    iterations is accurate only for condition numbers up to about 10. Raise ``degree``,
-    ``backward_iters`` or use ``normalization="spectral"`` for more accuracy.
-
     Values cannot be checked under ``jit``: NaN or Inf entries give NaN; a zero matrix
     gives a zero root and a zero gradient; negative eigenvalues give a real matrix that
-    is not a square root (``"eigh"`` clamps them to 0).
+    is not a root (``"eigh"`` clamps them to 0). ``"auto"`` loops with
+    ``lax.while_loop``: reverse-over-reverse differentiation (``grad`` of ``grad``) stops
+    there, forward-over-reverse (``jax.jvp`` of ``grad``, ``jax.hessian``) works.
+"""
+
+
+def _public_root(func, inverse):
+    def root(
+        a,
+        *,
+        method: str = "mpa",
+        degree: int | None = None,
+        num_iters: int | None = None,
+        normalization: str | None = None,
+        backward_iters: int | None = None,
+        max_iters: int | None = None,
+        ridge: float | None = None,
+        precision="highest",
+        return_info: bool = False,
+    ):
+        a = _validation.check_matrices(a, func)
+        config = _make_config(
+            func,
+            inverse,
+            method,
+            precision,
+            return_info,
+            degree=degree,
+            num_iters=num_iters,
+            normalization=normalization,
+            backward_iters=backward_iters,
+            max_iters=max_iters,
+            ridge=ridge,
+        )
+        return _root(a, config)
+
+    root.__name__ = root.__qualname__ = func
+    return root
+
+
+sqrtm = _public_root("sqrtm", inverse=False)
+sqrtm.__doc__ = (
+    """Square root ``A^(1/2)`` of symmetric positive (semi-)definite matrices.
+"""
+    + _KNOBS_DOC
+    + """
+    Accuracy (float32, see the README's tables): ``"auto"`` reaches 1e-5 up to condition
+    number ``1e2`` and 1e-3 up to ``1e6``; the paper's ``"mpa"`` settings give about
+    ``1e-2`` at condition number 10 and ``O(1)`` beyond ``1e4``, and their 8-iteration
+    backward is accurate only up to about 10.
 
     Example:
         >>> import jax, jax.numpy as jnp
         >>> import jaxsqrtm
         >>> a = jnp.array([[4.0, 0.0], [0.0, 9.0]])
-        >>> print(jnp.round(jaxsqrtm.sqrtm(a, method="eigh"), 4))
+        >>> print(jnp.round(jaxsqrtm.sqrtm(a, method="auto"), 4))
         [[2. 0.]
          [0. 3.]]
-        >>> grad = jax.grad(lambda a: jnp.trace(jaxsqrtm.sqrtm(a, method="eigh")))(a)
+        >>> grad = jax.grad(lambda a: jnp.trace(jaxsqrtm.sqrtm(a, method="auto")))(a)
         >>> print(jnp.round(grad, 4))
         [[0.25   0.    ]
          [0.     0.1667]]
-    """
-    a = _validation.check_matrices(a, "sqrtm")
-    config = _make_config(
-        "sqrtm",
-        False,
-        method,
-        precision,
-        degree=degree,
-        num_iters=num_iters,
-        normalization=normalization,
-        backward_iters=backward_iters,
-    )
-    return _root(a, config)
+"""
+)
 
-
-def inv_sqrtm(
-    a,
-    *,
-    method: str = "mpa",
-    degree: int | None = None,
-    num_iters: int | None = None,
-    normalization: str | None = None,
-    backward_iters: int | None = None,
-    precision="highest",
-):
+inv_sqrtm = _public_root("inv_sqrtm", inverse=True)
+inv_sqrtm.__doc__ = (
     """Inverse square root ``A^(-1/2)`` of symmetric positive definite matrices.
 
-    Same methods and knobs as :func:`sqrtm`: ``"mpa"`` swaps the Padé polynomials
-    (``P(A_hat)^(-1) Q(A_hat)``, exactly the ``[m/m]`` Padé approximant of
-    ``(1 - z)^(-1/2)``); ``"mtp"`` uses the series ``(1 - z)^(-1/2) = sum d_k z^k``;
-    ``"ns"`` returns the coupled iteration's ``Z``; ``"eigh"`` uses ``l^(-1/2)``.
-
-    The Lyapunov backward of ``"mpa"``/``"mtp"`` solves ``P X + X P = -P^2 G P^2`` with
-    ``P`` the computed inverse root (``P^2 = A^(-1)`` without a new inverse), started at
-    ``P / c_P`` with ``c_P`` the chosen normalisation of ``P`` itself.
-
-    Args and Raises: as :func:`sqrtm`.
-
+    Same methods and knobs as :func:`sqrtm`: ``"auto"`` returns the coupled iteration's
+    ``Z``; ``"mpa"`` swaps the Padé polynomials (``P(A_hat)^(-1) Q(A_hat)``, exactly the
+    ``[m/m]`` Padé approximant of ``(1 - z)^(-1/2)``); ``"mtp"`` uses the series
+    ``(1 - z)^(-1/2) = sum d_k z^k``; ``"eigh"`` uses ``l^(-1/2)``. The Lyapunov backward
+    solves ``P X + X P = -P^2 G P^2`` with ``P`` the computed inverse root (``P^2 = A^-1``
+    without a new inverse).
+"""
+    + _KNOBS_DOC
+    + """
     Accuracy: the relative condition number of ``A^(-1/2)`` is ``kappa / 2``, so float32
     cannot do much better than ``kappa * 1e-7``. A singular or zero matrix gives
-    non-finite values; add a ridge (``A + eps I``) for rank-deficient covariances.
+    non-finite values except with ``"auto"``, whose ridge makes it finite.
 
     Example:
         >>> import jax.numpy as jnp
         >>> import jaxsqrtm
         >>> a = jnp.array([[4.0, 0.0], [0.0, 16.0]])
-        >>> print(jnp.round(jaxsqrtm.inv_sqrtm(a, method="eigh"), 4))
+        >>> print(jnp.round(jaxsqrtm.inv_sqrtm(a, method="auto"), 4))
         [[0.5  0.  ]
          [0.   0.25]]
-    """
-    a = _validation.check_matrices(a, "inv_sqrtm")
-    config = _make_config(
-        "inv_sqrtm",
-        True,
-        method,
-        precision,
-        degree=degree,
-        num_iters=num_iters,
-        normalization=normalization,
-        backward_iters=backward_iters,
-    )
-    return _root(a, config)
+"""
+)
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -213,12 +264,25 @@ def _root(a, config: _Config):
     dtype = _validation.compute_dtype(a.dtype)
     x = symmetrize(a.astype(dtype))
     if config.method == "eigh":
-        out = _eigh_root(x, config)
+        out, scale, iterations = _eigh_root(x, config)
     elif config.method == "ns":
-        out = _newton_schulz_root(x, config)
+        out, scale, iterations = _newton_schulz_root(x, config)
     else:
-        out = _lyapunov_root(x, config)
-    return out.astype(a.dtype)
+        out, scale, iterations = _lyapunov_root(x, config)
+    if not config.return_info:
+        return out.astype(a.dtype)
+    info = RootInfo(_residual(out, x, config), iterations, scale)
+    return out.astype(a.dtype), info
+
+
+def _residual(out, a, config):
+    """``||X^2 - A||_F / ||A||_F`` or ``||X A X - I||_F / sqrt(n)`` per matrix."""
+    if config.inverse:
+        error = mm(mm(out, a, config.precision), out, config.precision) - jnp.eye(
+            a.shape[-1], dtype=a.dtype
+        )
+        return frobenius_norm(error) / jnp.sqrt(jnp.asarray(a.shape[-1], a.dtype))
+    return frobenius_norm(mm(out, out, config.precision) - a) / frobenius_norm(a)
 
 
 def _rescale(root_hat, c, inverse):
@@ -232,9 +296,34 @@ def _rescale(root_hat, c, inverse):
 
 
 def _normalized(a, config):
+    """``(A_hat, c)`` with ``A_hat = A / c``."""
     c = matrix_scale(a, config.normalization, precision=config.precision)
     safe = jnp.where(c != 0, c, 1)[..., None, None]
     return a / safe, c
+
+
+def _ridged_root(a_hat, c, config):
+    """Root of ``A_hat`` from that of ``A_hat + r I``, corrected to first order in ``r``.
+
+    ``sqrt(l) = sqrt(l + r) - r / (2 sqrt(l + r)) + O(r^2 / l^(3/2))`` and
+    ``l^(-1/2) = (l + r)^(-1/2) + r (l + r)^(-3/2) / 2 + O(r^2 / l^(5/2))``; the coupled
+    iteration delivers both ``(A_hat + r I)^(+-1/2)``, so the root costs nothing more and
+    the inverse root two products. The relative error left at an eigenvalue ``l`` is
+    about ``(r / l)^2 / 8``, instead of ``r / (2 l)`` for the plain ridge. Returns
+    ``(root_hat, c')`` with the root to be rescaled by ``c'``.
+    """
+    ridge = _sign.floor_for(a_hat.dtype) ** 2 if config.ridge is None else config.ridge
+    eye = jnp.eye(a_hat.shape[-1], dtype=a_hat.dtype)
+    r = ridge / (1 + ridge)
+    y, z, iterations = _methods.scaled_newton_schulz_roots(
+        (a_hat + ridge * eye) / (1 + ridge), max_iters=config.max_iters, precision=config.precision
+    )
+    if config.inverse:
+        z3 = mm(mm(z, z, config.precision), z, config.precision)
+        root = z + 0.5 * r * z3
+    else:
+        root = y - 0.5 * r * z
+    return root, c * (1 + ridge), iterations
 
 
 def _newton_schulz_root(a, config):
@@ -242,7 +331,8 @@ def _newton_schulz_root(a, config):
     root = _methods.newton_schulz_root(
         a_hat, num_iters=config.num_iters, inverse=config.inverse, precision=config.precision
     )
-    return _rescale(root, c, config.inverse)
+    iterations = jnp.full(c.shape, config.num_iters, jnp.int32)
+    return _rescale(root, c, config.inverse), c, iterations
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -252,15 +342,18 @@ def _lyapunov_root(a, config: _Config):
 
 def _lyapunov_root_fwd(a, config):
     a_hat, c = _normalized(a, config)
-    approximant = _methods.pade_root if config.method == "mpa" else _methods.taylor_root
-    root = approximant(
-        a_hat, degree=config.degree, inverse=config.inverse, precision=config.precision
-    )
+    kwargs = {"inverse": config.inverse, "precision": config.precision}
+    if config.method == "auto":
+        root, c, iterations = _ridged_root(a_hat, c, config)
+    else:
+        approximant = _methods.pade_root if config.method == "mpa" else _methods.taylor_root
+        root = approximant(a_hat, degree=config.degree, **kwargs)
+        iterations = jnp.zeros(c.shape, jnp.int32)
     out = _rescale(root, c, config.inverse)
-    return out, (out, c)
+    return (out, c, iterations), (out, c)
 
 
-def _lyapunov_root_bwd(config, residuals, g):
+def _lyapunov_root_bwd(config, residuals, cotangents):
     """Gradient of the exact root at the computed one (Song et al., TPAMI 2022, §4).
 
     Square root, ``S = A^(1/2)``: ``dS = L_S^(-1)(dA)`` with ``L_S(X) = S X + X S``
@@ -268,25 +361,28 @@ def _lyapunov_root_bwd(config, residuals, g):
     Inverse root, ``P = A^(-1/2)``: ``dP = -P dS P``, so
     ``dl/dA = L_S^(-1)(-P G P) = L_P^(-1)(-P^2 G P^2)``; in terms of ``P_hat = P / c_P``,
     ``dl/dA = c_P^3 L_{P_hat}^(-1)(-P_hat^2 G P_hat^2)``, which keeps every intermediate
-    in range whatever the scale of ``A``.
+    in range whatever the scale of ``A``. ``c_P`` is the chosen normalisation of ``P``
+    (``"spectral_bound"`` reuses ``P^2``). ``"auto"`` iterates to convergence.
     """
     out, c = residuals
-    g = symmetrize(g)
+    g = symmetrize(cotangents[0])  # the scale and iteration outputs carry no gradient
     solve = functools.partial(
         _lyapunov.solve_scaled,
-        num_iters=config.backward_iters,
+        num_iters=None if config.method == "auto" else config.backward_iters,
         symmetric_rhs=True,
         precision=config.precision,
     )
     if not config.inverse:
         return (solve(out, g, jnp.sqrt(jnp.maximum(c, 0))),)
-    c_p = matrix_scale(out, config.normalization, precision=config.precision)
-    nonzero = (c_p != 0)[..., None, None]
-    c_p = jnp.where(nonzero, c_p[..., None, None], 1)
-    p_hat = out / c_p
-    p2 = mm(p_hat, p_hat, config.precision)
-    rhs = -mm(mm(p2, g, config.precision), p2, config.precision)
-    return (c_p**3 * solve(p_hat, rhs, jnp.ones_like(c)),)
+    p2 = mm(out, out, config.precision)
+    if config.normalization == "spectral_bound":
+        c_p = spectral_bound(out, square=p2)
+    else:
+        c_p = matrix_scale(out, config.normalization, precision=config.precision)
+    c_p = jnp.where(c_p != 0, c_p, 1)[..., None, None]
+    p_hat2 = p2 / (c_p * c_p)
+    rhs = -mm(mm(p_hat2, g, config.precision), p_hat2, config.precision)
+    return (c_p**3 * solve(out / c_p, rhs, jnp.ones_like(c)),)
 
 
 _lyapunov_root.defvjp(_lyapunov_root_fwd, _lyapunov_root_bwd)
@@ -305,10 +401,11 @@ def _eigh_root_fwd(a, config):
     w, v = jnp.linalg.eigh(a)
     f = _eigh_values(w, config.inverse)
     out = mm(v * f[..., None, :], jnp.swapaxes(v, -1, -2), config.precision)
-    return out, (w, v)
+    scale = jnp.max(jnp.abs(w), axis=-1)
+    return (out, scale, jnp.zeros(scale.shape, jnp.int32)), (w, v)
 
 
-def _eigh_root_bwd(config, residuals, g):
+def _eigh_root_bwd(config, residuals, cotangents):
     """Daleckii–Krein: ``dl/dA = V [(V^T G_sym V) o F] V^T``.
 
     ``F_ij = (f(l_i) - f(l_j)) / (l_i - l_j)``, ``F_ii = f'(l_i)``, written without the
@@ -317,6 +414,7 @@ def _eigh_root_bwd(config, residuals, g):
     a pair of zero eigenvalues contributes 0 (the root is not differentiable there).
     """
     w, v = residuals
+    g = cotangents[0]
     s = jnp.sqrt(jnp.maximum(w, 0))
     pair_sum = s[..., :, None] + s[..., None, :]
     if config.inverse:
@@ -347,19 +445,22 @@ def matmul_count(
     Counts the forward pass, plus the backward pass when ``backward`` is true. The batched
     linear solve of ``"mpa"`` is not a product and is not counted. Reverse-mode autodiff
     through a product costs two products, so ``"ns"``'s backward is counted as twice its
-    forward. Returns ``None`` for ``"eigh"``, which is not built from products.
+    forward. Returns ``None`` for ``"eigh"``, which is not built from products, and for
+    ``"auto"``, whose iteration count depends on the input: about ``3k - 1`` products
+    forward and ``5k`` more backward for ``k`` iterations (``RootInfo.iterations``).
     """
     config = _make_config(
         "matmul_count",
         inverse,
         method,
         "highest",
+        False,
         degree=degree,
         num_iters=num_iters,
         normalization=normalization,
         backward_iters=backward_iters,
     )
-    if config.method == "eigh":
+    if config.method in ("eigh", "auto"):
         return None
     if config.method == "ns":
         forward = _methods.newton_schulz_cost(config.num_iters, inverse)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-NORMALIZATIONS = ("frobenius", "spectral", "trace")
+NORMALIZATIONS = ("frobenius", "spectral", "spectral_bound", "trace")
 POWER_ITERS = 10
 
 
@@ -50,34 +50,74 @@ def frobenius_norm(a):
     return m * _safe_sqrt(jnp.sum(scaled * scaled, axis=(-2, -1)))
 
 
-def _power_start(n, dtype):
-    """A fixed, non-constant start vector: no structure a covariance is likely to share."""
-    i = jnp.arange(n, dtype=dtype)
+def power_start(x):
+    """A fixed, non-constant unit vector per matrix of ``x``, shape ``x.shape[:-1]``.
+
+    Deterministic (no key needed) and free of the structure a covariance is likely to
+    share (a constant vector is a null vector of every centring matrix).
+    """
+    i = jnp.arange(x.shape[-1], dtype=x.dtype)
     v = 1 + 0.5 * jnp.sin(1 + 2.3999632 * i)
-    return v / jnp.linalg.norm(v)
+    return jnp.broadcast_to(v / jnp.linalg.norm(v), x.shape[:-1])
+
+
+def power_iterate(x, v, *, num_iters, precision):
+    """``num_iters`` power-iteration steps ``v <- X v / ||X v||`` on symmetric ``X``.
+
+    Args:
+        x: ``(..., n, n)`` symmetric matrices.
+        v: ``(..., n)`` unit start vectors (e.g. :func:`power_start`, or the vector of a
+            previous call to warm-start a slowly changing ``X``).
+        num_iters: matrix-vector products, ``O(n^2)`` each.
+        precision: matvec precision.
+
+    Returns:
+        ``(estimate, v)``: ``||X v_k||``, a lower bound of ``||X||_2`` that converges like
+        ``(l_2/l_1)^(2k)`` from below, and the final unit vector.
+    """
+
+    def matvec(v):
+        return jnp.einsum("...ij,...j->...i", x, v, precision=precision)
+
+    def step(_, carry):
+        _, v = carry
+        w = matvec(v)
+        norm = jnp.linalg.norm(w, axis=-1)
+        return norm, w / jnp.where(norm > 0, norm, 1)[..., None]
+
+    norm, v = lax.fori_loop(0, num_iters, step, (jnp.zeros(x.shape[:-2], x.dtype), v))
+    return norm, v
 
 
 def spectral_norm_estimate(a, *, num_iters=POWER_ITERS, precision=lax.Precision.HIGHEST):
     """Power-iteration estimate of the per-matrix spectral norm, shape ``(...,)``.
 
-    ``num_iters`` matrix-vector products (``O(n^2)`` each) from a fixed start vector;
-    returns ``||A v_k||`` with ``||v_k|| = 1``, a lower bound of ``||A||_2`` that is
-    typically within a few percent of it (it converges like ``(l_2/l_1)^(2k)`` and can
-    undershoot when the top eigenvalues are clustered, harmlessly: every iteration here
-    tolerates a scaled spectrum that reaches a little past 1).
+    :func:`power_iterate` from :func:`power_start`: a lower bound of ``||A||_2``, within
+    a few percent for most spectra but measured as low as 0.67 ``||A||_2`` after 10 steps
+    on 512 x 512 covariances whose top eigenvector is nearly orthogonal to the start.
+    The iterations of ``"mpa"``, ``"mtp"``, ``"ns"`` and the fixed Lyapunov solve
+    tolerate a scaled spectrum that reaches that far past 1.
     """
     m = _max_abs(a)
     scaled = a / m[..., None, None]
-    v = jnp.broadcast_to(_power_start(a.shape[-1], a.dtype), a.shape[:-1])
+    estimate, _ = power_iterate(scaled, power_start(a), num_iters=num_iters, precision=precision)
+    return m * estimate
 
-    def step(_, v):
-        w = jnp.einsum("...ij,...j->...i", scaled, v, precision=precision)
-        norm = jnp.linalg.norm(w, axis=-1, keepdims=True)
-        return w / jnp.where(norm > 0, norm, 1)
 
-    v = lax.fori_loop(0, num_iters, step, v)
-    w = jnp.einsum("...ij,...j->...i", scaled, v, precision=precision)
-    return m * jnp.linalg.norm(w, axis=-1)
+def spectral_bound(a, *, square=None, precision=lax.Precision.HIGHEST):
+    """Guaranteed upper bound of the per-matrix spectral norm, shape ``(...,)``.
+
+    ``min(||A||_F, ||A^2||_F^(1/2))``: for symmetric ``A``,
+    ``||A^2||_F^(1/2) = (sum l_i^4)^(1/4)``, loose by at most ``rank^(1/4)`` and close to
+    ``l_max`` for decaying spectra. One matrix product, none if ``square = A^2`` is given.
+    """
+    if square is None:
+        m = _max_abs(a)
+        scaled = a / m[..., None, None]
+        bound = m * _safe_sqrt(frobenius_norm(mm(scaled, scaled, precision)))
+    else:
+        bound = _safe_sqrt(frobenius_norm(square))
+    return jnp.minimum(frobenius_norm(a), bound)
 
 
 def matrix_scale(a, normalization, *, precision=lax.Precision.HIGHEST):
@@ -87,8 +127,10 @@ def matrix_scale(a, normalization, *, precision=lax.Precision.HIGHEST):
         a: ``(..., n, n)`` symmetric matrices.
         normalization: ``"frobenius"`` (``||A||_F``, an upper bound of the largest
             eigenvalue, loose by up to ``sqrt(rank)``), ``"spectral"`` (a power-iteration
-            estimate of it, capped by ``||A||_F``) or ``"trace"`` (``tr A``, as in
-            iSQRT-COV; loose by up to ``rank``).
+            estimate of it, capped by ``||A||_F``; may undershoot, see
+            :func:`spectral_norm_estimate`), ``"spectral_bound"`` (:func:`spectral_bound`,
+            never below it, one product) or ``"trace"`` (``tr A``, as in iSQRT-COV; loose
+            by up to ``rank``).
         precision: matmul precision of the power iteration.
 
     Returns:
@@ -99,6 +141,8 @@ def matrix_scale(a, normalization, *, precision=lax.Precision.HIGHEST):
     if normalization == "spectral":
         estimate = spectral_norm_estimate(a, precision=precision)
         return jnp.minimum(estimate, frobenius_norm(a))
+    if normalization == "spectral_bound":
+        return spectral_bound(a, precision=precision)
     if normalization == "trace":
         return jnp.trace(a, axis1=-2, axis2=-1)
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")

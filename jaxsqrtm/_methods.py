@@ -8,11 +8,12 @@ None of them knows about gradients: :mod:`jaxsqrtm._api` wires the backward pass
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import jax.scipy.linalg
 from jax import lax
 
-from jaxsqrtm import _coefficients
-from jaxsqrtm._matrix import eye_like, mm, polyval, polyval_cost, symmetrize
+from jaxsqrtm import _coefficients, _sign
+from jaxsqrtm._matrix import eye_like, mm, polyval, polyval_cost, power_start, symmetrize
 
 
 def taylor_root(a_hat, *, degree: int, inverse: bool, precision):
@@ -93,3 +94,61 @@ def newton_schulz_cost(num_iters: int, inverse: bool = False) -> int:
     if num_iters == 1:
         return 0 if inverse else 1
     return 1 + 3 * (num_iters - 2) + 2
+
+
+def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
+    """Coupled Newton–Schulz with optimal per-step scaling, run to convergence.
+
+    The coupled iteration of :func:`newton_schulz_root` is the sign iteration on
+    ``M = [[0, A_hat], [I, 0]]`` (eigenvalues ``+-sqrt(w)``) written on its blocks,
+    ``M_k = [[0, Y_k], [Z_k, 0]]``. Each step scales ``M_k`` by the ``alpha_k`` of
+    :mod:`jaxsqrtm._sign` before the cubic::
+
+        W = Z_k Y_k,   T = (3I - alpha_k^2 W) / 2,   Y <- alpha_k Y_k T,   Z <- alpha_k T Z_k
+
+    Small eigenvalues grow by 2.6 per step until the quadratic phase. Each matrix stops
+    after the step that starts with ``||I - W||_2 <= 4 sqrt(eps)`` (then it is frozen
+    while the rest of the batch continues), or after ``max_iters`` steps.
+
+    Args:
+        a_hat: ``(..., n, n)`` with spectrum in ``(0, 1]`` (a guaranteed upper bound was
+            used to scale it) and smallest eigenvalue ``>= eps`` (add a ridge).
+        max_iters: cap on the steps (static).
+        precision: matmul precision.
+
+    Returns:
+        ``(Y, Z, iterations)``: ``A_hat^(1/2)``, ``A_hat^(-1/2)`` and the steps taken
+        per matrix, shape ``(...,)`` int32.
+
+    Cost: ``3 k - 2`` products for ``k`` steps (the first needs one, ``Z_0 = I``) plus
+    two matrix-vector products a step; ``k`` is about 6 at condition number ``1e2``,
+    9 at ``1e4`` and 12 at ``1e6`` (float32).
+    """
+    floor = _sign.floor_for(a_hat.dtype)
+    tol = _sign.tolerance_for(a_hat.dtype)
+    eye = eye_like(a_hat)
+
+    def scaled_half_step(w, v, num_matvecs):
+        dev, v = _sign.deviation(w, v, num_iters=num_matvecs, precision=precision)
+        alpha = _sign.cubic_scale(dev, floor)[..., None, None]
+        return alpha, 0.5 * (3 * eye - alpha * alpha * w), dev, v
+
+    alpha, t, dev, v = scaled_half_step(a_hat, power_start(a_hat), _sign.WARMUP_MATVECS)
+    y, z = alpha * mm(a_hat, t, precision), alpha * t
+    active = dev > tol
+    iterations = jnp.ones(a_hat.shape[:-2], jnp.int32)
+
+    def keep_going(state):
+        k, *_, active, _ = state
+        return (k < max_iters) & jnp.any(active)
+
+    def step(state):
+        k, y, z, v, active, iterations = state
+        alpha, t, dev, v = scaled_half_step(mm(z, y, precision), v, _sign.MATVECS_PER_STEP)
+        update = active[..., None, None]
+        y = jnp.where(update, alpha * mm(y, t, precision), y)
+        z = jnp.where(update, alpha * mm(t, z, precision), z)
+        return k + 1, y, z, v, active & (dev > tol), iterations + active
+
+    _, y, z, _, _, iterations = lax.while_loop(keep_going, step, (1, y, z, v, active, iterations))
+    return y, z, iterations

@@ -106,7 +106,8 @@ def test_identity_and_block_constant_spectra(method):
         grad = jax.grad(lambda a: jnp.sum(jaxsqrtm.sqrtm(a, method=method) ** 2))(a)
         assert np.all(np.isfinite(grad))
     s = jaxsqrtm.sqrtm(jnp.asarray(block, jnp.float32), method=method)
-    tol = {"mpa": 4e-2, "mtp": 1.2e-1, "ns": 0.3, "eigh": 1e-6}[method]  # measured x1.5
+    # measured x1.5 (auto and eigh: round-off, 1e-7)
+    tol = {"auto": 1e-6, "mpa": 4e-2, "mtp": 1.2e-1, "ns": 0.3, "eigh": 1e-6}[method]
     assert testing.relative_error(s, testing.sqrtm_reference(block)) < tol
 
 
@@ -133,8 +134,9 @@ def test_scale_invariance(method):
 @pytest.mark.parametrize("method", jaxsqrtm.METHODS)
 def test_batch_elements_are_independent(method):
     """A tiny matrix batched with a huge one gives what each gives alone, up to float32
-    round-off (XLA may pick other kernels for another batch size; measured <= 8e-8). A
-    normalisation shared across the batch would be off by O(1)."""
+    round-off (XLA may pick other kernels for another batch size; measured <= 8e-8, and
+    2.5e-6 for the adaptive "auto", whose stopping step can move by one). A normalisation
+    shared across the batch would be off by O(1)."""
     tiny = testing.spd_matrix(8, 10.0, seed=1, scale=1e-6)
     huge = testing.spd_matrix(8, 1e3, seed=2, scale=1e6)
     both = jnp.asarray(np.stack([tiny, huge]), jnp.float32)
@@ -150,7 +152,9 @@ def test_batch_elements_are_independent(method):
     for i in range(2):
         alone = root_and_grad(both[i : i + 1])
         for got, expected in zip(batched, alone, strict=True):
-            assert testing.relative_error(got[i], expected[0]) < 1e-6
+            assert testing.relative_error(got[i], expected[0]) < (
+                5e-6 if method == "auto" else 1e-6
+            )
 
 
 @pytest.mark.parametrize("method", ["mpa", "mtp", "ns"])

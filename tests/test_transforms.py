@@ -18,6 +18,7 @@ ROOTS = {"sqrtm": jaxsqrtm.sqrtm, "inv_sqrtm": jaxsqrtm.inv_sqrtm}
 # Knobs under which the forward is converged, so that the custom gradient is the exact
 # derivative of the computed function and finite differences can check it.
 CONVERGED = {
+    "auto": {},
     "mpa": {"degree": 12, "normalization": "spectral", "backward_iters": 24},
     "mtp": {"degree": 40, "normalization": "spectral", "backward_iters": 24},
     "ns": {"num_iters": 12, "normalization": "spectral"},
@@ -53,14 +54,17 @@ def test_compositions_agree(method, root_name, dtype, batch):
 
     @jax.jit
     def compositions(a):
-        return {
+        out = {
             "jit": root(a, method=method),
             "vmap": jax.vmap(lambda x: root(x, method=method))(a),
             "grad": jax.grad(f)(a[0]),
             "grad_of_vmap": jax.grad(lambda x: jnp.sum(jax.vmap(f)(x)))(a),
             "vmap_of_grad": jax.vmap(jax.grad(f))(a),
-            "grad_of_grad": jax.grad(lambda x: jnp.sum(jax.grad(f)(x) ** 2))(a[0]),
+            "jvp_of_grad": jax.jvp(jax.grad(f), (a[0],), (a[1],))[1],  # forward-over-reverse
         }
+        if method != "auto":  # its while_loop has no reverse-over-reverse
+            out["grad_of_grad"] = jax.grad(lambda x: jnp.sum(jax.grad(f)(x) ** 2))(a[0])
+        return out
 
     out = compositions(a)
     assert all(v.dtype == dtype for v in out.values())
@@ -68,7 +72,9 @@ def test_compositions_agree(method, root_name, dtype, batch):
     np.testing.assert_allclose(out["vmap"], eager, rtol=1e-6)
     np.testing.assert_allclose(out["grad_of_vmap"][0], out["grad"], rtol=1e-5)
     np.testing.assert_allclose(out["vmap_of_grad"], out["grad_of_vmap"], rtol=1e-5)
-    assert bool(jnp.all(jnp.isfinite(out["grad_of_grad"])))
+    assert all(
+        bool(jnp.all(jnp.isfinite(out[k]))) for k in ("jvp_of_grad", "grad_of_grad") if k in out
+    )
 
 
 @pytest.mark.parametrize("root_name", list(ROOTS))
@@ -87,6 +93,30 @@ def test_second_order_float64(method, root_name, batch):
     jax.test_util.check_grads(
         f, (jnp.asarray(batch[0]),), order=2, modes=["rev"], atol=1e-4, rtol=1e-4
     )
+
+
+@pytest.mark.parametrize("root_name", list(ROOTS))
+@pytest.mark.parametrize("method", jaxsqrtm.METHODS)
+def test_forward_over_reverse_float64(method, root_name, batch):
+    """Hessian-vector products by jax.jvp of jax.grad match central differences of the
+    gradient (measured 1e-10 relative)."""
+    f = loss(ROOTS[root_name], method, **CONVERGED[method])
+    grad = jax.grad(f)
+
+    @jax.jit
+    def hvp_and_differences(a, tangent, eps=1e-5):
+        hvp = jax.jvp(grad, (a,), (tangent,))[1]
+        return hvp, (grad(a + eps * tangent) - grad(a - eps * tangent)) / (2 * eps)
+
+    hvp, fd = hvp_and_differences(jnp.asarray(batch[0]), jnp.asarray(batch[1]))
+    np.testing.assert_allclose(hvp, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_auto_reverse_over_reverse_is_refused():
+    """Documented: "auto" loops with lax.while_loop, which JAX cannot reverse twice."""
+    f = loss(jaxsqrtm.sqrtm, "auto")
+    with pytest.raises(ValueError, match="while_loop"):
+        jax.grad(lambda x: jnp.sum(jax.grad(f)(x) ** 2))(jnp.eye(4))
 
 
 @pytest.mark.parametrize("method", ["mpa", "mtp"])
@@ -168,7 +198,8 @@ SHARDING_SCRIPT = textwrap.dedent(
 
     unsharded, sharded = every_method(a), every_method(a_sharded)
     for key, out in sharded.items():
-        np.testing.assert_allclose(out, unsharded[key], rtol=2e-5, atol=1e-6, err_msg=str(key))
+        # float32 round-off: other kernels per shard, and "auto" may stop a step apart
+        assert testing.relative_error(out, unsharded[key]) < 1e-5, key
         assert out.sharding.is_equivalent_to(sharding, out.ndim), (key, out.sharding)
     print("sharded ok")
     """

@@ -1,0 +1,59 @@
+"""Step sizes and stopping rule of the adaptively scaled Newton–Schulz sign iteration.
+
+Both the accurate forward (the sign of ``[[0, A_hat], [I, 0]]``, whose eigenvalues are
+``+-sqrt(w)``) and the accurate Lyapunov backward (the sign of ``[[B, C], [0, -B]]``)
+apply the cubic ``h(y) = y (3 - y^2) / 2`` to ``alpha_k X_k``. If the eigenvalues ``x``
+of ``X_k`` lie in ``[l, 1]``, the ``alpha`` that makes ``h(alpha x)`` the best cubic
+approximation of 1 on that interval (Chen & Chou, 2014; it equioscillates,
+``h(alpha l) = h(alpha)``) is::
+
+    alpha^2 = 3 / (1 + l + l^2),
+
+which maps ``[l, 1]`` into ``[h(alpha l), 1]``: small eigenvalues grow by
+``3 sqrt(3) / 2 ~ 2.6`` per step instead of 1.5, and the last steps are ordinary
+quadratically convergent Newton–Schulz (``alpha -> 1``). Any ``alpha`` in ``[1, sqrt 3)``
+keeps ``[0, 1]`` inside ``[0, 1]``, so an inexact ``l`` costs speed, never convergence.
+
+``l`` is measured, not assumed: ``1 - l^2 = ||I - X_k^2||_2`` is estimated by power
+iteration on ``I - X_k^2`` (a product every step computes anyway), warm-started from the
+previous step's vector because the slowest eigenvector does not change between steps.
+The estimate is a lower bound of the deviation, so ``l`` is over-estimated and the step
+errs on the cautious side.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxsqrtm._matrix import eye_like, power_iterate
+
+WARMUP_MATVECS = 8
+MATVECS_PER_STEP = 2
+MAX_ITERS = 40
+
+
+def floor_for(dtype) -> float:
+    """Smallest ``l`` the schedule plans for: ``sqrt(eps)``, i.e. condition ``1/eps``."""
+    return float(jnp.finfo(dtype).eps) ** 0.5
+
+
+def tolerance_for(dtype) -> float:
+    """Stop after the step that starts with ``||I - X^2||_2 <= 4 sqrt(eps)``.
+
+    Newton–Schulz converges quadratically there (``e <- 1.5 e^2``), so that last step
+    leaves an error of about ``6 eps``.
+    """
+    return 4 * float(jnp.finfo(dtype).eps) ** 0.5
+
+
+def deviation(x_squared, v, *, num_iters, precision):
+    """Estimate ``||I - X^2||_2`` per matrix by warm-started power iteration."""
+    return power_iterate(
+        eye_like(x_squared) - x_squared, v, num_iters=num_iters, precision=precision
+    )
+
+
+def cubic_scale(dev, floor):
+    """``alpha`` of the optimal scaled cubic on ``[l, 1]`` with ``l^2 = 1 - dev``."""
+    l2 = jnp.clip(1 - dev, floor * floor, 1)
+    return jnp.sqrt(3 / (1 + jnp.sqrt(l2) + l2))
