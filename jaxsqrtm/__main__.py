@@ -56,7 +56,7 @@ def _timings(root, method, a32, cotangent, repeats):
     cases = [timing.compile_timed(forward, (a,)), timing.compile_timed(forward_backward, (a, g))]
     for case in cases:
         timing.warm_up(case, calls=2, min_sample_s=0.01)
-    timing.measure_interleaved(cases, repeats=repeats, max_case_s=1.0)
+    timing.measure_interleaved(cases, repeats=repeats, min_repeats=3, max_case_s=1.0)
     return [timing.statistics(case)["median_s"] for case in cases]
 
 
