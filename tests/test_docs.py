@@ -1,0 +1,14 @@
+"""The docstring examples run and print what they say."""
+
+import doctest
+
+import pytest
+
+from jaxsqrtm import _api, _lyapunov
+
+
+@pytest.mark.parametrize("module", [_api, _lyapunov])
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0
+    assert result.failed == 0
