@@ -21,8 +21,10 @@ STOCK = "jax.scipy.linalg.sqrtm"
 FUNCTIONS = ("sqrtm", "inv_sqrtm")
 MODES = ("forward", "forward_backward")
 # One product costs (time of the long chain - time of the short one) / the difference in
-# length: the call's fixed overhead cancels.
-CHAIN_LENGTHS = (1, 17)
+# length: the call's fixed overhead cancels. The long chain does about CHAIN_WORK
+# multiply-adds, so that its products, not the overhead, dominate it.
+CHAIN_WORK = 2**28
+CHAIN_EXTRA_RANGE = (16, 256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +96,12 @@ def case_function(spec: CaseSpec):
     """The function timed for ``spec``; it takes ``(a,)`` forward, ``(a, g)`` otherwise."""
     root = root_function(spec.function, spec.method)
     return root if spec.mode == "forward" else value_and_gradient(root)
+
+
+def chain_lengths(batch: int, n: int) -> tuple[int, int]:
+    """Products in the short and the long chain that time one ``batch x n x n`` product."""
+    low, high = CHAIN_EXTRA_RANGE
+    return 1, 1 + min(max(CHAIN_WORK // max(batch * n**3, 1), low), high)
 
 
 def product_chain(x, y, *, length: int):

@@ -32,8 +32,9 @@ def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dic
         progress: show a progress bar on stderr (needs ``tqdm``; silently off without).
 
     Returns:
-        A JSON-ready dict with keys ``device``, ``versions``, ``settings``, ``products``,
-        ``rows``, ``summary`` and ``elapsed_s``.
+        A JSON-ready dict with keys ``created``, ``device``, ``versions``,
+        ``environment`` (thread settings, load averages), ``settings``, ``products`` (one
+        batched product per shape), ``rows``, ``summary`` and ``elapsed_s``.
     """
     start = time.perf_counter()
     load_before = load_average()
@@ -71,7 +72,8 @@ def steps(group: workloads.Group, settings: workloads.Settings) -> int:
     """Progress steps of one group: a compilation and ``repeats`` samples per case."""
     specs = cases.case_specs(settings.functions, settings.methods, group.dtypes)
     chains = {cases.compute_dtype(d) for d in group.dtypes}
-    return (len(specs) + len(chains) * len(cases.CHAIN_LENGTHS)) * (1 + settings.repeats)
+    per_dtype = len(cases.chain_lengths(group.batch, group.n))
+    return (len(specs) + len(chains) * per_dtype) * (1 + settings.repeats)
 
 
 def run_group(group: workloads.Group, settings: workloads.Settings, bar) -> tuple[list, list]:
@@ -85,7 +87,7 @@ def run_group(group: workloads.Group, settings: workloads.Settings, bar) -> tupl
         right = workloads.product_operand(group, settings)
         operands = (jnp.asarray(a64, dtype), jnp.asarray(right, dtype))
         chains[dtype] = []
-        for length in cases.CHAIN_LENGTHS:
+        for length in cases.chain_lengths(group.batch, group.n):
             chain = functools.partial(cases.product_chain, length=length)
             chains[dtype].append(timing.compile_timed(chain, operands))
             bar.update(1)
@@ -108,7 +110,8 @@ def run_group(group: workloads.Group, settings: workloads.Settings, bar) -> tupl
     )
     bar.update(sum(settings.repeats - len(item.samples) for item in everything))
 
-    product_s = {dtype: product_statistics(*pair) for dtype, pair in chains.items()}
+    lengths = cases.chain_lengths(group.batch, group.n)
+    product_s = {dtype: product_statistics(*pair, lengths) for dtype, pair in chains.items()}
     products = [
         {"batch": group.batch, "n": group.n, "dtype": str(dtype), **stats}
         for dtype, stats in product_s.items()
@@ -125,25 +128,25 @@ def by_root(timed: dict) -> dict:
     return grouped
 
 
-def product_statistics(short: timing.Timed, long: timing.Timed) -> dict:
+def product_statistics(short: timing.Timed, long: timing.Timed, lengths: tuple) -> dict:
     """Time of one batched product: the two chains' per-round difference per extra product.
 
     The chains are timed in the same rounds, so round ``i`` of each forms a pair. ``best_s``
     is the difference of the fastest samples. Where noise makes the difference useless
     (not positive), the long chain's time per product stands in.
     """
-    extra = cases.CHAIN_LENGTHS[1] - cases.CHAIN_LENGTHS[0]
+    extra = lengths[1] - lengths[0]
     pairs = min(len(short.samples), len(long.samples))
     per_round = (np.subtract(long.samples[:pairs], short.samples[:pairs])) / extra
     best = (min(long.samples) - min(short.samples)) / extra
     stats = timing.summarize(per_round)
     if stats["median_s"] <= 0 or best <= 0:
-        per_round = np.asarray(long.samples) / cases.CHAIN_LENGTHS[1]
+        per_round = np.asarray(long.samples) / lengths[1]
         stats, best = timing.summarize(per_round), float(per_round.min())
     return {
         **stats,
         "best_s": best,
-        "chain_lengths": list(cases.CHAIN_LENGTHS),
+        "chain_lengths": list(lengths),
         "call_overhead_s": float(np.median(short.samples)) - stats["median_s"],
         "compile_s": long.compile_s,
     }
