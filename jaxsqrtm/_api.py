@@ -129,7 +129,8 @@ _KNOBS_DOC = """
       the Daleckii–Krein gradient, finite at repeated eigenvalues.
 
     ``"mpa"`` and ``"mtp"`` differentiate by solving the Lyapunov equation with
-    ``backward_iters`` (default 8) Newton–Schulz sign iterations (5 products each). The
+    ``backward_iters`` (default 8) Newton–Schulz sign iterations (``4 k - 2`` products
+    for ``k`` iterations, 30 by default). The
     gradient is that of the exact root at the computed one, not the derivative of the
     truncated forward; the backward keeps only the result and one scalar per matrix.
 
@@ -326,7 +327,7 @@ def _ridged_root(a_hat, c, config):
         root = z + 0.5 * r * z3
     else:
         root = y - 0.5 * r * z
-    return root, c * (1 + ridge), iterations
+    return symmetrize(root), c * (1 + ridge), iterations
 
 
 def _newton_schulz_root(a, config):
@@ -368,7 +369,8 @@ def _lyapunov_root_bwd(config, residuals, cotangents):
     (``"spectral_bound"`` reuses ``P^2``). ``"auto"`` iterates to convergence.
     """
     out, c = residuals
-    g = symmetrize(cotangents[0])  # the scale and iteration outputs carry no gradient
+    # The scale and iteration outputs carry no gradient; the solver reads G as symmetric.
+    g = cotangents[0]
     solve = functools.partial(
         _lyapunov.solve_scaled,
         num_iters=None if config.method == "auto" else config.backward_iters,
@@ -450,7 +452,7 @@ def matmul_count(
     through a product costs two products, so ``"ns"``'s backward is counted as twice its
     forward. Returns ``None`` for ``"eigh"``, which is not built from products, and for
     ``"auto"``, whose iteration count depends on the input: about ``3k - 1`` products
-    forward and ``5k`` more backward for ``k`` iterations (``RootInfo.iterations``).
+    forward and ``4k`` more backward for ``k`` iterations (``RootInfo.iterations``).
     """
     config = _make_config(
         "matmul_count",

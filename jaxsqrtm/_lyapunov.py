@@ -10,15 +10,23 @@ from jaxsqrtm import _sign, _validation
 from jaxsqrtm._matrix import matrix_scale, mm, power_start, symmetrize
 
 
-def _block_sign_step(b, c, b2, *, symmetric_rhs: bool, precision):
-    """One Newton–Schulz step on ``[[B, C], [0, -B]]`` given ``B^2``."""
-    b2c = mm(b2, c, precision)
-    cb2 = jnp.swapaxes(b2c, -1, -2) if symmetric_rhs else mm(c, b2, precision)
-    bcb = mm(mm(b, c, precision), b, precision)
-    c = 0.5 * (3 * c - b2c - cb2 + bcb)
-    if symmetric_rhs:
-        c = symmetrize(c)
+def _block_sign_step(b, c, b2, *, precision):
+    """One Newton–Schulz step on ``[[B, C], [0, -B]]`` given ``B^2``: 4 products."""
+    c = 0.5 * (
+        3 * c - mm(b2, c, precision) - mm(c, b2, precision) + mm(mm(b, c, precision), b, precision)
+    )
     return 0.5 * (3 * b - mm(b2, b, precision)), c
+
+
+def _symmetric_c_step(b, c, *, precision):
+    """The ``C`` half of a sign step for symmetric ``C``, in 2 products.
+
+    With ``D = B C`` (so ``C B = D^T``), ``B^2 C + C B^2 - B C B = Y + Y^T`` for
+    ``Y = B (D - D^T / 2)``; the result is symmetric by construction.
+    """
+    d = mm(b, c, precision)
+    y = mm(b, d - 0.5 * jnp.swapaxes(d, -1, -2), precision)
+    return 0.5 * (3 * c - (y + jnp.swapaxes(y, -1, -2)))
 
 
 def sign_lyapunov(b, c, *, num_iters: int, symmetric_rhs: bool, precision):
@@ -34,19 +42,32 @@ def sign_lyapunov(b, c, *, num_iters: int, symmetric_rhs: bool, precision):
     and ``sign(M) = [[I, 2X], [0, -I]]``, so ``X = lim C / 2``. In the eigenbasis of
     ``B`` each entry contracts as ``C_ij <- C_ij (3 - b_i^2 - b_j^2 + b_i b_j) / 2``.
 
-    Cost per iteration: 6 matrix products, 5 when ``C`` is symmetric (``C B^2`` is then
-    ``(B^2 C)^T``). Scalar eigenvalues ``b`` of ``B`` need about ``log_{1.5}(1/b)``
-    iterations to reach the quadratic phase: 8 iterations converge for
-    ``b >~ 0.1`` only.
+    Cost: ``6 num_iters`` matrix products for a general ``C``. For a symmetric ``C`` the
+    ``C`` update takes 2 products (:func:`_symmetric_c_step`) and the last iteration
+    skips the ``B`` update: ``4 num_iters - 2`` (:func:`lyapunov_cost`). Scalar
+    eigenvalues ``b`` of ``B`` need about ``log_{1.5}(1/b)`` iterations to reach the
+    quadratic phase: 8 iterations converge for ``b >~ 0.1`` only.
     """
+    if not symmetric_rhs:
 
-    def step(_, carry):
+        def step(_, carry):
+            b, c = carry
+            b2 = mm(b, b, precision)
+            return _block_sign_step(b, c, b2, precision=precision)
+
+        _, c = lax.fori_loop(0, num_iters, step, (b, c))
+        return 0.5 * c
+    c = symmetrize(c)
+    if num_iters == 0:
+        return 0.5 * c
+
+    def symmetric_step(_, carry):
         b, c = carry
-        b2 = mm(b, b, precision)
-        return _block_sign_step(b, c, b2, symmetric_rhs=symmetric_rhs, precision=precision)
+        c = _symmetric_c_step(b, c, precision=precision)
+        return 0.5 * (3 * b - mm(mm(b, b, precision), b, precision)), c
 
-    _, c = lax.fori_loop(0, num_iters, step, (b, c))
-    return 0.5 * c
+    b, c = lax.fori_loop(0, num_iters - 1, symmetric_step, (b, c))
+    return 0.5 * _symmetric_c_step(b, c, precision=precision)
 
 
 def scaled_sign_lyapunov(b, c, *, max_iters: int, symmetric_rhs: bool, precision):
@@ -63,18 +84,18 @@ def scaled_sign_lyapunov(b, c, *, max_iters: int, symmetric_rhs: bool, precision
     """
     floor = _sign.floor_for(b.dtype)
     tol = _sign.tolerance_for(b.dtype)
+    if symmetric_rhs:
+        c = symmetrize(c)
 
     def scaled_step(b, c, v, num_matvecs):
         b2 = mm(b, b, precision)
         dev, v = _sign.deviation(b2, v, num_iters=num_matvecs, precision=precision)
         alpha = _sign.cubic_scale(dev, floor)[..., None, None]
-        b, c = _block_sign_step(
-            alpha * b,
-            alpha * c,
-            alpha * alpha * b2,
-            symmetric_rhs=symmetric_rhs,
-            precision=precision,
-        )
+        if symmetric_rhs:
+            c = _symmetric_c_step(alpha * b, alpha * c, precision=precision)
+            b = 0.5 * alpha * (3 * b - alpha * alpha * mm(b2, b, precision))
+        else:
+            b, c = _block_sign_step(alpha * b, alpha * c, alpha * alpha * b2, precision=precision)
         return b, c, v, dev > tol
 
     b, c, v, active = scaled_step(b, c, power_start(b), _sign.WARMUP_MATVECS)
@@ -97,7 +118,9 @@ def scaled_sign_lyapunov(b, c, *, max_iters: int, symmetric_rhs: bool, precision
 
 def lyapunov_cost(num_iters: int, symmetric_rhs: bool = True) -> int:
     """Matrix products of :func:`sign_lyapunov`."""
-    return num_iters * (5 if symmetric_rhs else 6)
+    if not symmetric_rhs:
+        return 6 * num_iters
+    return max(4 * num_iters - 2, 0)
 
 
 def solve_scaled(s, g, scale, *, num_iters: int | None, symmetric_rhs: bool, precision):
@@ -148,10 +171,11 @@ def solve_lyapunov(
 
     Two settings:
 
-    * ``num_iters=k`` (default 8, the paper's): ``k`` plain iterations, ``5k`` or ``6k``
-      products, a fixed cost whatever the conditioning. Eigenvalues ``s_i / c`` converge
-      after about ``log_{1.5}(c / s_i)`` iterations: 8 suffice for a condition number of
-      ``S`` up to about 10 with Frobenius scaling, 16 to 20 up to about ``1e4``.
+    * ``num_iters=k`` (default 8, the paper's): ``k`` plain iterations, ``4k - 2``
+      products with ``symmetric_rhs`` and ``6k`` without, a fixed cost whatever the
+      conditioning. Eigenvalues ``s_i / c`` converge after about
+      ``log_{1.5}(c / s_i)`` iterations: 8 suffice for a condition number of ``S`` up
+      to about 10 with Frobenius scaling, 16 to 20 up to about ``1e4``.
     * ``num_iters=None``: the accurate setting. Optimally scaled iterations
       (:func:`scaled_sign_lyapunov`) run until every matrix has converged: about 6
       iterations at condition number ``1e2``, 12 at ``1e6`` (float32). Differentiable in
@@ -165,8 +189,9 @@ def solve_lyapunov(
             fixed count), ``"spectral_bound"`` (``min(||S||_F, ||S^2||_F^(1/2))``, the
             default for ``num_iters=None``), ``"spectral"`` (power-iteration estimate of
             ``||S||_2``; it can undershoot, so only with a fixed count) or ``"trace"``.
-        symmetric_rhs: promise that ``G`` is symmetric, saving one product per iteration
-            (5 instead of 6). A non-symmetric ``G`` is then read as ``(G + G^T) / 2``.
+        symmetric_rhs: promise that ``G`` is symmetric, which takes a fixed-count
+            iteration from ``6k`` to ``4k - 2`` products (and the accurate one from 6
+            to 4 a step). A non-symmetric ``G`` is then read as ``(G + G^T) / 2``.
         precision: matmul precision of the iteration (``"highest"`` by default).
 
     Returns:
@@ -214,8 +239,6 @@ def _solve_lyapunov(s, g, num_iters, normalization, symmetric_rhs, precision):
     shape = jnp.broadcast_shapes(s.shape, g.shape)
     s = jnp.broadcast_to(s.astype(dtype), shape)
     g = jnp.broadcast_to(g.astype(dtype), shape)
-    if symmetric_rhs:
-        g = symmetrize(g)
     s = symmetrize(s)
     scale = matrix_scale(s, normalization, precision=precision)
     x = solve_scaled(
