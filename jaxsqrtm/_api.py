@@ -307,14 +307,20 @@ def _normalized(a, config):
 
 
 def _ridged_root(a_hat, c, config):
-    """Root of ``A_hat`` from that of ``A_hat + r I``, corrected to first order in ``r``.
+    """Root of ``A_hat`` from that of ``A_hat + r I``, the ridge removed by a series.
 
-    ``sqrt(l) = sqrt(l + r) - r / (2 sqrt(l + r)) + O(r^2 / l^(3/2))`` and
-    ``l^(-1/2) = (l + r)^(-1/2) + r (l + r)^(-3/2) / 2 + O(r^2 / l^(5/2))``; the coupled
-    iteration delivers both ``(A_hat + r I)^(+-1/2)``, so the root costs nothing more and
-    the inverse root two products. The relative error left at an eigenvalue ``l`` is
-    about ``(r / l)^2 / 8``, instead of ``r / (2 l)`` for the plain ridge. Returns
-    ``(root_hat, c')`` with the root to be rescaled by ``c'``.
+    The coupled iteration delivers both ``Y = (A_hat + r I)^(1/2)`` and
+    ``Z = (A_hat + r I)^(-1/2)``; with ``u = r Z^2``::
+
+        A_hat^(1/2)  = Y (I - u)^(1/2)  = Y - r Z / 2 + O(u^2)
+        A_hat^(-1/2) = Z (I - u)^(-1/2) = Z + r Z^3 / 2 + 3 r^2 Z^5 / 8 + O(u^3)
+
+    The root's first-order term is free; the inverse root's two terms cost 3 products.
+    The relative error left at an eigenvalue ``l`` is about ``(r / l)^2 / 8`` for the
+    root and ``5 (r / l)^3 / 16`` for the inverse, instead of ``r / (2 l)`` for a plain
+    ridge. At condition number ``1e6`` in float32 ``r / l ~ 0.1`` and the round-off of
+    the iteration dominates both. Returns ``(root_hat, c')`` with the root to be
+    rescaled by ``c'``.
     """
     ridge = _sign.floor_for(a_hat.dtype) ** 2 if config.ridge is None else config.ridge
     eye = jnp.eye(a_hat.shape[-1], dtype=a_hat.dtype)
@@ -323,8 +329,9 @@ def _ridged_root(a_hat, c, config):
         (a_hat + ridge * eye) / (1 + ridge), max_iters=config.max_iters, precision=config.precision
     )
     if config.inverse:
-        z3 = mm(mm(z, z, config.precision), z, config.precision)
-        root = z + 0.5 * r * z3
+        z2 = mm(z, z, config.precision)
+        z3 = mm(z2, z, config.precision)
+        root = z + 0.5 * r * z3 + 0.375 * r * r * mm(z3, z2, config.precision)
     else:
         root = y - 0.5 * r * z
     return symmetrize(root), c * (1 + ridge), iterations

@@ -18,15 +18,20 @@ def _block_sign_step(b, c, b2, *, precision):
     return 0.5 * (3 * b - mm(b2, b, precision)), c
 
 
-def _symmetric_c_step(b, c, *, precision):
-    """The ``C`` half of a sign step for symmetric ``C``, in 2 products.
+def _symmetric_bcb_terms(b, c, *, precision):
+    """``B^2 C + C B^2 - B C B`` for symmetric ``B`` and ``C``, in 2 products.
 
-    With ``D = B C`` (so ``C B = D^T``), ``B^2 C + C B^2 - B C B = Y + Y^T`` for
-    ``Y = B (D - D^T / 2)``; the result is symmetric by construction.
+    With ``D = B C`` (so ``C B = D^T``) it is ``Y + Y^T`` for ``Y = B (D - D^T / 2)``,
+    symmetric by construction.
     """
     d = mm(b, c, precision)
     y = mm(b, d - 0.5 * jnp.swapaxes(d, -1, -2), precision)
-    return 0.5 * (3 * c - (y + jnp.swapaxes(y, -1, -2)))
+    return y + jnp.swapaxes(y, -1, -2)
+
+
+def _symmetric_c_step(b, c, *, precision):
+    """The ``C`` half of a sign step for symmetric ``C``: 2 products."""
+    return 0.5 * (3 * c - _symmetric_bcb_terms(b, c, precision=precision))
 
 
 def sign_lyapunov(b, c, *, num_iters: int, symmetric_rhs: bool, precision):
@@ -92,7 +97,9 @@ def scaled_sign_lyapunov(b, c, *, max_iters: int, symmetric_rhs: bool, precision
         dev, v = _sign.deviation(b2, v, num_iters=num_matvecs, precision=precision)
         alpha = _sign.cubic_scale(dev, floor)[..., None, None]
         if symmetric_rhs:
-            c = _symmetric_c_step(alpha * b, alpha * c, precision=precision)
+            # alpha enters the elementwise update, not the products' operands.
+            y = _symmetric_bcb_terms(b, c, precision=precision)
+            c = 0.5 * alpha * (3 * c - alpha * alpha * y)
             b = 0.5 * alpha * (3 * b - alpha * alpha * mm(b2, b, precision))
         else:
             b, c = _block_sign_step(alpha * b, alpha * c, alpha * alpha * b2, precision=precision)

@@ -61,31 +61,32 @@ def power_start(x):
     return jnp.broadcast_to(v / jnp.linalg.norm(v), x.shape[:-1])
 
 
-def power_iterate(x, v, *, num_iters, precision):
-    """``num_iters`` power-iteration steps ``v <- X v / ||X v||`` on symmetric ``X``.
+def matvec(x, v, precision):
+    """Batched ``X v``: ``(..., n, n) x (..., n) -> (..., n)``."""
+    return jnp.einsum("...ij,...j->...i", x, v, precision=precision)
+
+
+def power_iterate(apply, v, *, num_iters):
+    """``num_iters`` power-iteration steps ``v <- X v / ||X v||`` on a symmetric ``X``.
+
+    ``X`` is given by its action, so that ``I - W`` needs no ``n x n`` array of its own.
+    The steps are unrolled: ``num_iters`` is small and static, and a nested loop inside
+    the iterations that call this costs more than the matrix-vector products.
 
     Args:
-        x: ``(..., n, n)`` symmetric matrices.
+        apply: ``v -> X v`` for ``(..., n)`` vectors, e.g. ``partial(matvec, x)``.
         v: ``(..., n)`` unit start vectors (e.g. :func:`power_start`, or the vector of a
             previous call to warm-start a slowly changing ``X``).
-        num_iters: matrix-vector products, ``O(n^2)`` each.
-        precision: matvec precision.
+        num_iters: matrix-vector products, ``O(n^2)`` each; at least 1.
 
     Returns:
         ``(estimate, v)``: ``||X v_k||``, a lower bound of ``||X||_2`` that converges like
         ``(l_2/l_1)^(2k)`` from below, and the final unit vector.
     """
-
-    def matvec(v):
-        return jnp.einsum("...ij,...j->...i", x, v, precision=precision)
-
-    def step(_, carry):
-        _, v = carry
-        w = matvec(v)
+    for _ in range(num_iters):
+        w = apply(v)
         norm = jnp.linalg.norm(w, axis=-1)
-        return norm, w / jnp.where(norm > 0, norm, 1)[..., None]
-
-    norm, v = lax.fori_loop(0, num_iters, step, (jnp.zeros(x.shape[:-2], x.dtype), v))
+        v = w / jnp.where(norm > 0, norm, 1)[..., None]
     return norm, v
 
 
@@ -100,7 +101,9 @@ def spectral_norm_estimate(a, *, num_iters=POWER_ITERS, precision=lax.Precision.
     """
     m = _max_abs(a)
     scaled = a / m[..., None, None]
-    estimate, _ = power_iterate(scaled, power_start(a), num_iters=num_iters, precision=precision)
+    estimate, _ = power_iterate(
+        lambda v: matvec(scaled, v, precision), power_start(a), num_iters=num_iters
+    )
     return m * estimate
 
 

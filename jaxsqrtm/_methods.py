@@ -105,7 +105,8 @@ def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
     ``M_k = [[0, Y_k], [Z_k, 0]]``. Each step scales ``M_k`` by the ``alpha_k`` of
     :mod:`jaxsqrtm._sign` before the cubic::
 
-        W = Z_k Y_k,   T = (3I - alpha_k^2 W) / 2,   Y <- alpha_k Y_k T,   Z <- alpha_k T Z_k
+        W = Z_k Y_k,   Y <- alpha_k (3 Y_k - alpha_k^2 Y_k W) / 2,
+                       Z <- alpha_k (3 Z_k - alpha_k^2 W Z_k) / 2
 
     Small eigenvalues grow by 2.6 per step until the quadratic phase. Each matrix stops
     after the step that starts with ``||I - W||_2 <= 4 sqrt(eps)`` (then it is frozen
@@ -127,15 +128,16 @@ def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
     """
     floor = _sign.floor_for(a_hat.dtype)
     tol = _sign.tolerance_for(a_hat.dtype)
-    eye = eye_like(a_hat)
 
-    def scaled_half_step(w, v, num_matvecs):
+    def scale(w, v, num_matvecs):
         dev, v = _sign.deviation(w, v, num_iters=num_matvecs, precision=precision)
-        alpha = _sign.cubic_scale(dev, floor)[..., None, None]
-        return alpha, 0.5 * (3 * eye - alpha * alpha * w), dev, v
+        return _sign.cubic_scale(dev, floor)[..., None, None], dev, v
 
-    alpha, t, dev, v = scaled_half_step(a_hat, power_start(a_hat), _sign.WARMUP_MATVECS)
-    y, z = alpha * mm(a_hat, t, precision), alpha * t
+    # alpha X T with T = (3I - alpha^2 W) / 2, as alpha (3 X - alpha^2 X W) / 2: no T.
+    alpha, dev, v = scale(a_hat, power_start(a_hat), _sign.WARMUP_MATVECS)
+    a_hat2 = mm(a_hat, a_hat, precision)
+    y = 0.5 * alpha * (3 * a_hat - alpha * alpha * a_hat2)
+    z = 0.5 * alpha * (3 * eye_like(a_hat) - alpha * alpha * a_hat)
     active = dev > tol
     iterations = jnp.ones(a_hat.shape[:-2], jnp.int32)
 
@@ -145,10 +147,11 @@ def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
 
     def step(state):
         k, y, z, v, active, iterations = state
-        alpha, t, dev, v = scaled_half_step(mm(z, y, precision), v, _sign.MATVECS_PER_STEP)
+        w = mm(z, y, precision)
+        alpha, dev, v = scale(w, v, _sign.MATVECS_PER_STEP)
         update = active[..., None, None]
-        y = jnp.where(update, alpha * mm(y, t, precision), y)
-        z = jnp.where(update, alpha * mm(t, z, precision), z)
+        y = jnp.where(update, 0.5 * alpha * (3 * y - alpha * alpha * mm(y, w, precision)), y)
+        z = jnp.where(update, 0.5 * alpha * (3 * z - alpha * alpha * mm(w, z, precision)), z)
         return k + 1, y, z, v, active & (dev > tol), iterations + active
 
     _, y, z, _, _, iterations = lax.while_loop(keep_going, step, (1, y, z, v, active, iterations))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxsqrtm._matrix import eye_like, power_iterate
+from jaxsqrtm._matrix import matvec, power_iterate
 
 WARMUP_MATVECS = 8
 MATVECS_PER_STEP = 2
@@ -48,9 +48,7 @@ def tolerance_for(dtype) -> float:
 
 def deviation(x_squared, v, *, num_iters, precision):
     """Estimate ``||I - X^2||_2`` per matrix by warm-started power iteration."""
-    return power_iterate(
-        eye_like(x_squared) - x_squared, v, num_iters=num_iters, precision=precision
-    )
+    return power_iterate(lambda u: u - matvec(x_squared, u, precision), v, num_iters=num_iters)
 
 
 def cubic_scale(dev, floor):
