@@ -90,11 +90,9 @@ def newton_schulz_root(a_hat, *, num_iters: int, inverse: bool, precision):
         return z if inverse else mm(a_hat, z, precision)
     y = 0.5 * (3 * a_hat - mm(a_hat, a_hat, precision))
 
-    def step(_, carry):
-        y, z = carry
-        return _coupled_step(y, z, mm(z, y, precision), 1.0, precision)
-
-    y, z = lax.fori_loop(0, num_iters - 2, step, (y, z))
+    # Unrolled: reverse-mode through a loop would stack Y, Z and W of every step.
+    for _ in range(num_iters - 2):
+        y, z = _coupled_step(y, z, mm(z, y, precision), 1.0, precision)
     w = mm(z, y, precision)
     if inverse:
         return 0.5 * (3 * z - mm(w, z, precision))
