@@ -74,7 +74,8 @@ def power_iterate(apply, v, *, num_iters):
     the iterations that call this costs more than the matrix-vector products.
 
     Args:
-        apply: ``v -> X v`` for ``(..., n)`` vectors, e.g. ``partial(matvec, x)``.
+        apply: ``v -> X v`` for ``(..., n)`` vectors, e.g.
+            ``lambda v: matvec(x, v, precision)``.
         v: ``(..., n)`` unit start vectors (e.g. :func:`power_start`, or the vector of a
             previous call to warm-start a slowly changing ``X``).
         num_iters: matrix-vector products, ``O(n^2)`` each; at least 1.

@@ -142,7 +142,7 @@ def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
         dev, v = _sign.deviation(w, v, num_iters=num_matvecs, precision=precision)
         return _sign.cubic_scale(dev, floor)[..., None, None], dev, v
 
-    # alpha X T with T = (3I - alpha^2 W) / 2, as alpha (3 X - alpha^2 X W) / 2: no T.
+    # The first step of _coupled_step with Y = W = A_hat and Z = I, in one product.
     alpha, dev, v = scale(a_hat, power_start(a_hat), _sign.WARMUP_MATVECS)
     a_hat2 = mm(a_hat, a_hat, precision)
     y = 0.5 * alpha * (3 * a_hat - alpha * alpha * a_hat2)
