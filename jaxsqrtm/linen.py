@@ -315,7 +315,20 @@ def _moving_average(running, batch, momentum):
     return (momentum * running + (1 - momentum) * batch).astype(running.dtype)
 
 
-class CovariancePooling(nn.Module):
+class _CovariancePoolingFields(nn.Module):
+    """The attributes shared by the covariance-pooling layers (documented on each)."""
+
+    reduced_channels: int | None = None
+    output: str = "triu"
+    compensate: bool = True
+    epsilon: float = 0.0
+    method: str | None = None
+    sqrtm_options: Mapping[str, Any] | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+
+class CovariancePooling(_CovariancePoolingFields):
     """Global covariance pooling with matrix power normalisation (iSQRT-COV style).
 
     For ``(N, H, W, C)`` feature maps or ``(N, L, C)`` token sequences: an optional
@@ -349,15 +362,6 @@ class CovariancePooling(nn.Module):
         >>> layer.apply(variables, x).shape
         (2, 36)
     """
-
-    reduced_channels: int | None = None
-    output: str = "triu"
-    compensate: bool = True
-    epsilon: float = 0.0
-    method: str | None = None
-    sqrtm_options: Mapping[str, Any] | None = None
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -444,7 +448,7 @@ class SecondOrderViTHead(nn.Module):
         return class_logits + covariance_logits
 
 
-class AttentiveCovariancePooling(nn.Module):
+class AttentiveCovariancePooling(_CovariancePoolingFields):
     """Covariance pooling of video features with attention over positions and frames.
 
     For ``(N, T, H, W, C)`` features (optionally reduced to ``C'`` channels), scores
@@ -477,15 +481,6 @@ class AttentiveCovariancePooling(nn.Module):
         >>> layer.apply(variables, video).shape
         (2, 36)
     """
-
-    reduced_channels: int | None = None
-    output: str = "triu"
-    compensate: bool = True
-    epsilon: float = 0.0
-    method: str | None = None
-    sqrtm_options: Mapping[str, Any] | None = None
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
