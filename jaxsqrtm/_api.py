@@ -116,8 +116,9 @@ _KNOBS_DOC = """
       run until each matrix has converged (about 6 at condition number ``1e2``, 12 at
       ``1e6`` in float32; 3 products each), scaled by a guaranteed bound of the largest
       eigenvalue, with a ridge ``ridge * c`` (default: the machine epsilon) added so
-      rank-deficient input converges; Lyapunov backward with the same adaptive
-      schedule. Matmul-only, float32 round-off accuracy up to condition number ``1e6``.
+      rank-deficient input converges; Lyapunov backward that replays the forward's
+      step sizes (4 products a step). Matmul-only, float32 round-off accuracy up to
+      condition number ``1e6``.
     * ``"mpa"``: matrix Padé approximant ``Q(A_hat)^(-1) P(A_hat)`` of degree
       ``[m/m]`` (``degree``, default 5): 4 products and one batched LU solve.
     * ``"mtp"``: matrix Taylor polynomial in ``Z = I - A_hat`` of degree ``K``
@@ -306,8 +307,17 @@ def _normalized(a, config):
     return a / safe, c
 
 
+class _Schedule(NamedTuple):
+    """What the accurate backward keeps from the forward, besides the scale ``c``."""
+
+    root: jax.Array  # A_hat^(1/2) of the normalised input, ridge removed
+    inverse_root: jax.Array | None  # A_hat^(-1/2) likewise, for inv_sqrtm only
+    alphas: jax.Array  # (..., max_iters) step sizes of the forward sign iteration
+    iterations: jax.Array  # (...,) steps taken
+
+
 def _ridged_root(a_hat, c, config):
-    """Root of ``A_hat`` from that of ``A_hat + r I``, the ridge removed by a series.
+    """Roots of ``A_hat`` from those of ``A_hat + r I``, the ridge removed by a series.
 
     The coupled iteration delivers both ``Y = (A_hat + r I)^(1/2)`` and
     ``Z = (A_hat + r I)^(-1/2)``; with ``u = r Z^2``::
@@ -319,22 +329,23 @@ def _ridged_root(a_hat, c, config):
     The relative error left at an eigenvalue ``l`` is about ``(r / l)^2 / 8`` for the
     root and ``5 (r / l)^3 / 16`` for the inverse, instead of ``r / (2 l)`` for a plain
     ridge. At condition number ``1e6`` in float32 ``r / l ~ 0.1`` and the round-off of
-    the iteration dominates both. Returns ``(root_hat, c')`` with the root to be
-    rescaled by ``c'``.
+    the iteration dominates both. Returns ``(root_hat, c', schedule)`` with the root to
+    be rescaled by ``c'`` and what the backward needs.
     """
     ridge = _sign.floor_for(a_hat.dtype) ** 2 if config.ridge is None else config.ridge
     eye = jnp.eye(a_hat.shape[-1], dtype=a_hat.dtype)
     r = ridge / (1 + ridge)
-    y, z, iterations = _methods.scaled_newton_schulz_roots(
+    y, z, iterations, alphas = _methods.scaled_newton_schulz_roots(
         (a_hat + ridge * eye) / (1 + ridge), max_iters=config.max_iters, precision=config.precision
     )
+    root = symmetrize(y - 0.5 * r * z)
+    inverse_root = None
     if config.inverse:
         z2 = mm(z, z, config.precision)
         z3 = mm(z2, z, config.precision)
-        root = z + 0.5 * r * z3 + 0.375 * r * r * mm(z3, z2, config.precision)
-    else:
-        root = y - 0.5 * r * z
-    return symmetrize(root), c * (1 + ridge), iterations
+        inverse_root = symmetrize(z + 0.5 * r * z3 + 0.375 * r * r * mm(z3, z2, config.precision))
+    schedule = _Schedule(root, inverse_root, alphas, iterations)
+    return inverse_root if config.inverse else root, c * (1 + ridge), schedule
 
 
 def _newton_schulz_root(a, config):
@@ -355,13 +366,13 @@ def _lyapunov_root_fwd(a, config):
     a_hat, c = _normalized(a, config)
     kwargs = {"inverse": config.inverse, "precision": config.precision}
     if config.method == "auto":
-        root, c, iterations = _ridged_root(a_hat, c, config)
-    else:
-        approximant = _methods.pade_root if config.method == "mpa" else _methods.taylor_root
-        root = approximant(a_hat, degree=config.degree, **kwargs)
-        iterations = jnp.zeros(c.shape, jnp.int32)
+        root, c, schedule = _ridged_root(a_hat, c, config)
+        out = _rescale(root, c, config.inverse)
+        return (out, c, schedule.iterations), (c, schedule)
+    approximant = _methods.pade_root if config.method == "mpa" else _methods.taylor_root
+    root = approximant(a_hat, degree=config.degree, **kwargs)
     out = _rescale(root, c, config.inverse)
-    return (out, c, iterations), (out, c)
+    return (out, c, jnp.zeros(c.shape, jnp.int32)), (out, c)
 
 
 def _lyapunov_root_bwd(config, residuals, cotangents):
@@ -373,14 +384,16 @@ def _lyapunov_root_bwd(config, residuals, cotangents):
     ``dl/dA = L_S^(-1)(-P G P) = L_P^(-1)(-P^2 G P^2)``; in terms of ``P_hat = P / c_P``,
     ``dl/dA = c_P^3 L_{P_hat}^(-1)(-P_hat^2 G P_hat^2)``, which keeps every intermediate
     in range whatever the scale of ``A``. ``c_P`` is the chosen normalisation of ``P``
-    (``"spectral_bound"`` reuses ``P^2``). ``"auto"`` iterates to convergence.
+    (``"spectral_bound"`` reuses ``P^2``). ``"auto"``: :func:`_accurate_root_bwd`.
     """
-    out, c = residuals
     # The scale and iteration outputs carry no gradient; the solver reads G as symmetric.
     g = cotangents[0]
+    if config.method == "auto":
+        return (_accurate_root_bwd(config, *residuals, g),)
+    out, c = residuals
     solve = functools.partial(
         _lyapunov.solve_scaled,
-        num_iters=None if config.method == "auto" else config.backward_iters,
+        num_iters=config.backward_iters,
         symmetric_rhs=True,
         precision=config.precision,
     )
@@ -395,6 +408,31 @@ def _lyapunov_root_bwd(config, residuals, cotangents):
     p_hat2 = p2 / (c_p * c_p)
     rhs = -mm(mm(p_hat2, g, config.precision), p_hat2, config.precision)
     return (c_p**3 * solve(out / c_p, rhs, jnp.ones_like(c)),)
+
+
+def _accurate_root_bwd(config, c, schedule, g):
+    """The backward of ``"auto"``: both roots through ``L_S^(-1)``, ``S = A^(1/2)``.
+
+    With ``S = sqrt(c) S_hat`` and ``P = P_hat / sqrt(c)``::
+
+        sqrtm:      dl/dA = L_S^(-1)(G)        = L_{S_hat}^(-1)(G) / sqrt(c)
+        inv_sqrtm:  dl/dA = L_S^(-1)(-P G P)   = L_{S_hat}^(-1)(-P_hat G P_hat) / c^(3/2)
+
+    ``S_hat`` has the spectrum that the forward iteration took to 1, so the solve replays
+    the forward's step sizes and step count (:func:`_lyapunov.replayed_sign_lyapunov`)
+    instead of measuring its own: ``4k - 2`` products for ``k`` steps, plus 2 for the
+    inverse's right-hand side.
+    """
+    nonzero = c != 0
+    safe = jnp.where(nonzero, c, 1)
+    rhs, factor = g, lax.rsqrt(safe)
+    if config.inverse:
+        p = schedule.inverse_root
+        rhs, factor = -mm(mm(p, g, config.precision), p, config.precision), factor**3
+    x = _lyapunov.replayed_sign_lyapunov(
+        schedule.root, rhs, schedule.alphas, schedule.iterations, precision=config.precision
+    )
+    return jnp.where(nonzero[..., None, None], factor[..., None, None] * x, 0)
 
 
 _lyapunov_root.defvjp(_lyapunov_root_fwd, _lyapunov_root_bwd)
@@ -458,8 +496,9 @@ def matmul_count(
     linear solve of ``"mpa"`` is not a product and is not counted. Reverse-mode autodiff
     through a product costs two products, so ``"ns"``'s backward is counted as twice its
     forward. Returns ``None`` for ``"eigh"``, which is not built from products, and for
-    ``"auto"``, whose iteration count depends on the input: about ``3k - 1`` products
-    forward and ``4k`` more backward for ``k`` iterations (``RootInfo.iterations``).
+    ``"auto"``, whose iteration count depends on the input: for ``k`` iterations
+    (``RootInfo.iterations``) ``3k - 1`` products forward and ``4k - 2`` more backward,
+    plus 3 forward and 2 backward for the inverse root.
     """
     config = _make_config(
         "matmul_count",

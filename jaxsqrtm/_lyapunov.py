@@ -34,6 +34,17 @@ def _symmetric_c_step(b, c, *, precision):
     return 0.5 * (3 * c - _symmetric_bcb_terms(b, c, precision=precision))
 
 
+def _scaled_symmetric_step(b, c, b2, alpha, *, precision):
+    """A sign step on ``alpha [[B, C], [0, -B]]`` for symmetric ``C`` given ``B^2``: 3 products.
+
+    ``alpha`` enters the elementwise update, not the products' operands.
+    """
+    y = _symmetric_bcb_terms(b, c, precision=precision)
+    c = 0.5 * alpha * (3 * c - alpha * alpha * y)
+    b = 0.5 * alpha * (3 * b - alpha * alpha * mm(b2, b, precision))
+    return b, c
+
+
 def sign_lyapunov(b, c, *, num_iters: int, symmetric_rhs: bool, precision):
     """Solve ``B X + X B = C`` for ``B`` with spectrum in ``(0, sqrt(3))``.
 
@@ -97,10 +108,7 @@ def scaled_sign_lyapunov(b, c, *, max_iters: int, symmetric_rhs: bool, precision
         dev, v = _sign.deviation(b2, v, num_iters=num_matvecs, precision=precision)
         alpha = _sign.cubic_scale(dev, floor)[..., None, None]
         if symmetric_rhs:
-            # alpha enters the elementwise update, not the products' operands.
-            y = _symmetric_bcb_terms(b, c, precision=precision)
-            c = 0.5 * alpha * (3 * c - alpha * alpha * y)
-            b = 0.5 * alpha * (3 * b - alpha * alpha * mm(b2, b, precision))
+            b, c = _scaled_symmetric_step(b, c, b2, alpha, precision=precision)
         else:
             b, c = _block_sign_step(alpha * b, alpha * c, alpha * alpha * b2, precision=precision)
         return b, c, v, dev > tol
@@ -121,6 +129,46 @@ def scaled_sign_lyapunov(b, c, *, max_iters: int, symmetric_rhs: bool, precision
 
     _, _, c, _, _ = lax.while_loop(keep_going, step, (1, b, c, v, active))
     return 0.5 * c
+
+
+def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision):
+    """Solve ``B X + X B = C`` for symmetric ``C`` with given sign-iteration steps.
+
+    Runs ``iterations`` steps of :func:`scaled_sign_lyapunov`'s symmetric iteration per
+    matrix with the step sizes ``alphas[..., k]`` instead of measuring them. The steps
+    of :func:`jaxsqrtm._methods.scaled_newton_schulz_roots` on ``A_hat`` take the
+    spectrum ``sqrt(w)`` of ``A_hat^(1/2)`` to 1, so they solve the equation of a square
+    root ``B = A_hat^(1/2)``: ``B_k`` has the eigenvalues of that iteration's ``Z_k Y_k``
+    and ``C`` converges with ``B`` (in ``B``'s eigenbasis ``C_ij`` is off by
+    ``(e_i + e_j) / 2`` relative when ``b_i`` and ``b_j`` are off by ``e_i`` and ``e_j``).
+
+    Cost: ``4 k - 2`` products for ``k = max(iterations)`` (the last step needs no
+    ``B``), no power iteration.
+
+    Args:
+        b: ``(..., n, n)`` symmetric, spectrum in ``(0, 1]``.
+        c: ``(..., n, n)`` right-hand sides, read as ``(C + C^T) / 2``.
+        alphas: ``(..., max_iters)`` step sizes.
+        iterations: ``(...,)`` steps per matrix, at least 1 and at most ``max_iters``.
+    """
+    c = symmetrize(c)
+    last = jnp.max(iterations) - 1
+
+    def alpha_at(k):
+        return lax.dynamic_index_in_dim(alphas, k, axis=-1, keepdims=False)[..., None, None]
+
+    def step(state):
+        k, b, c = state
+        b_next, c_next = _scaled_symmetric_step(
+            b, c, mm(b, b, precision), alpha_at(k), precision=precision
+        )
+        update = (k < iterations)[..., None, None]
+        return k + 1, jnp.where(update, b_next, b), jnp.where(update, c_next, c)
+
+    _, b, c = lax.while_loop(lambda state: state[0] < last, step, (0, b, c))
+    alpha = alpha_at(last)
+    c_last = 0.5 * alpha * (3 * c - alpha * alpha * _symmetric_bcb_terms(b, c, precision=precision))
+    return 0.5 * jnp.where((iterations > last)[..., None, None], c_last, c)
 
 
 def lyapunov_cost(num_iters: int, symmetric_rhs: bool = True) -> int:

@@ -128,8 +128,11 @@ def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
         precision: matmul precision.
 
     Returns:
-        ``(Y, Z, iterations)``: ``A_hat^(1/2)``, ``A_hat^(-1/2)`` and the steps taken
-        per matrix, shape ``(...,)`` int32.
+        ``(Y, Z, iterations, alphas)``: ``A_hat^(1/2)``, ``A_hat^(-1/2)``, the steps taken
+        per matrix, shape ``(...,)`` int32, and the step sizes, shape ``(..., max_iters)``
+        (entries from ``iterations`` on are unused). The same steps take any matrix with
+        the spectrum of ``A_hat^(1/2)`` to its sign, which is what the Lyapunov backward
+        replays (:func:`jaxsqrtm._lyapunov.replayed_sign_lyapunov`).
 
     Cost: ``3 k - 2`` products for ``k`` steps (the first needs one, ``Z_0 = I``) plus
     two matrix-vector products a step; ``k`` is about 6 at condition number ``1e2``,
@@ -149,20 +152,24 @@ def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
     z = 0.5 * alpha * (3 * eye_like(a_hat) - alpha * alpha * a_hat)
     active = dev > tol
     iterations = jnp.ones(a_hat.shape[:-2], jnp.int32)
+    alphas = jnp.zeros((*a_hat.shape[:-2], max_iters), a_hat.dtype)
+    alphas = alphas.at[..., 0].set(alpha[..., 0, 0])
 
     def keep_going(state):
-        k, *_, active, _ = state
+        k, *_, active, _, _ = state
         return (k < max_iters) & jnp.any(active)
 
     def step(state):
-        k, y, z, v, active, iterations = state
+        k, y, z, v, active, iterations, alphas = state
         w = mm(z, y, precision)
         alpha, dev, v = scale(w, v, _sign.MATVECS_PER_STEP)
         y_next, z_next = _coupled_step(y, z, w, alpha, precision)
         update = active[..., None, None]
         y = jnp.where(update, y_next, y)
         z = jnp.where(update, z_next, z)
-        return k + 1, y, z, v, active & (dev > tol), iterations + active
+        alphas = lax.dynamic_update_index_in_dim(alphas, alpha[..., 0, 0], k, axis=-1)
+        return k + 1, y, z, v, active & (dev > tol), iterations + active, alphas
 
-    _, y, z, _, _, iterations = lax.while_loop(keep_going, step, (1, y, z, v, active, iterations))
-    return y, z, iterations
+    state = (1, y, z, v, active, iterations, alphas)
+    _, y, z, _, _, iterations, alphas = lax.while_loop(keep_going, step, state)
+    return y, z, iterations, alphas

@@ -127,6 +127,18 @@ def test_backward_saves_only_output_and_scalars(method, batch):
         assert sorted(leaf.shape for leaf in jax.tree_util.tree_leaves(vjp)) == [(2,), (2, 4, 4)]
 
 
+def test_auto_backward_saves_roots_and_step_sizes(batch):
+    """Besides the scale, "auto" keeps the normalised root (and the inverse root for
+    inv_sqrtm), the forward's step sizes (max_iters per matrix) and its step counts: the
+    backward replays them instead of measuring its own."""
+    a = jnp.asarray(batch)
+    for name, root in ROOTS.items():
+        _, vjp = jax.vjp(lambda x, root=root: root(x, method="auto"), a)
+        roots = [(2, 4, 4)] * (2 if name == "inv_sqrtm" else 1)
+        expected = sorted([(2,), (2,), (2, 40), *roots])  # max_iters defaults to 40
+        assert sorted(leaf.shape for leaf in jax.tree_util.tree_leaves(vjp)) == expected
+
+
 def test_gradient_is_symmetric_and_uses_symmetric_part(batch):
     a = jnp.asarray(batch[0])
     skew = jnp.triu(jnp.ones((4, 4)), 1) - jnp.tril(jnp.ones((4, 4)), -1)
