@@ -322,15 +322,16 @@ def _ridged_root(a_hat, c, config):
     The coupled iteration delivers both ``Y = (A_hat + r I)^(1/2)`` and
     ``Z = (A_hat + r I)^(-1/2)``; with ``u = r Z^2``::
 
-        A_hat^(1/2)  = Y (I - u)^(1/2)  = Y - r Z / 2 + O(u^2)
+        A_hat^(1/2)  = Y (I - u)^(1/2)  = Y - r Z / 2 - r^2 Z^3 / 8 + O(u^3)
         A_hat^(-1/2) = Z (I - u)^(-1/2) = Z + r Z^3 / 2 + 3 r^2 Z^5 / 8 + O(u^3)
 
-    The root's first-order term is free; the inverse root's two terms cost 3 products.
-    The relative error left at an eigenvalue ``l`` is about ``(r / l)^2 / 8`` for the
-    root and ``5 (r / l)^3 / 16`` for the inverse, instead of ``r / (2 l)`` for a plain
-    ridge. At condition number ``1e6`` in float32 ``r / l ~ 0.1`` and the round-off of
-    the iteration dominates both. Returns ``(root_hat, c', schedule)`` with the root to
-    be rescaled by ``c'`` and what the backward needs.
+    ``Z^3`` costs 2 products, the inverse root's ``Z^5`` one more. The relative error
+    left at an eigenvalue ``l`` is about ``(r / l)^3 / 16`` for the root and
+    ``5 (r / l)^3 / 16`` for the inverse, instead of ``r / (2 l)`` for a plain ridge. At
+    condition number ``1e6`` in float32 ``r / l ~ 0.1``: the root's second-order term
+    (``(r / l)^2 / 8 ~ 2e-3`` there) matters for the gradient, whose error is largest in
+    those directions. Returns ``(root_hat, c', schedule)`` with the root to be rescaled
+    by ``c'`` and what the backward needs.
     """
     ridge = _sign.floor_for(a_hat.dtype) ** 2 if config.ridge is None else config.ridge
     eye = jnp.eye(a_hat.shape[-1], dtype=a_hat.dtype)
@@ -338,11 +339,11 @@ def _ridged_root(a_hat, c, config):
     y, z, iterations, alphas = _methods.scaled_newton_schulz_roots(
         (a_hat + ridge * eye) / (1 + ridge), max_iters=config.max_iters, precision=config.precision
     )
-    root = symmetrize(y - 0.5 * r * z)
+    z2 = mm(z, z, config.precision)
+    z3 = mm(z2, z, config.precision)
+    root = symmetrize(y - 0.5 * r * z - 0.125 * r * r * z3)
     inverse_root = None
     if config.inverse:
-        z2 = mm(z, z, config.precision)
-        z3 = mm(z2, z, config.precision)
         inverse_root = symmetrize(z + 0.5 * r * z3 + 0.375 * r * r * mm(z3, z2, config.precision))
     schedule = _Schedule(root, inverse_root, alphas, iterations)
     return inverse_root if config.inverse else root, c * (1 + ridge), schedule
@@ -497,8 +498,8 @@ def matmul_count(
     through a product costs two products, so ``"ns"``'s backward is counted as twice its
     forward. Returns ``None`` for ``"eigh"``, which is not built from products, and for
     ``"auto"``, whose iteration count depends on the input: for ``k`` iterations
-    (``RootInfo.iterations``) ``3k - 1`` products forward and ``4k - 2`` more backward,
-    plus 3 forward and 2 backward for the inverse root.
+    (``RootInfo.iterations``) ``3k + 1`` products forward and ``4k - 2`` more backward,
+    plus 1 forward and 2 backward for the inverse root.
     """
     config = _make_config(
         "matmul_count",

@@ -50,7 +50,7 @@ def test_float32_accuracy_table(n, kind):
     for i, kappa in enumerate(KAPPAS):
         sqrt_target, inv_target, grad_target = TARGETS[kappa]
         # measured maxima: sqrt 6.5e-7 / 1.3e-5 / 1.2e-4, inv 8.4e-7 / 8.0e-5 / 9.0e-3,
-        # gradient 8.7e-7 / 5.8e-5 / 7.2e-3 at kappa 1e2 / 1e4 / 1e6
+        # gradient 8.8e-7 / 5.8e-5 / 7.2e-3 at kappa 1e2 / 1e4 / 1e6
         assert sqrt_fwd[i] < sqrt_target, (kappa, sqrt_fwd[i])
         assert inv_fwd[i] < inv_target, (kappa, inv_fwd[i])
         assert sqrt_grad[i] < grad_target, (kappa, sqrt_grad[i])
@@ -58,7 +58,7 @@ def test_float32_accuracy_table(n, kind):
 
 def test_float32_accuracy_n512():
     """The largest size of the table, one geometric matrix per kappa (measured
-    sqrt 6.3e-7 / 2.6e-6 / 1.6e-5, gradient 1.3e-6 / 2.6e-5 / 2.2e-3)."""
+    sqrt 6.3e-7 / 2.6e-6 / 1.6e-5, gradient 1.3e-6 / 2.6e-5 / 1.7e-3)."""
     a = np.stack([testing.spd_matrix(512, k, seed=7) for k in KAPPAS]).astype(np.float32)
     g = np.random.default_rng(7).standard_normal(a.shape).astype(np.float32)
     sqrt_fwd, sqrt_grad = auto_errors(a, g, inverse=False)
@@ -105,11 +105,11 @@ def test_rank_deficient_square_root_converges():
     s, info = jaxsqrtm.sqrtm(a, method="auto", return_info=True)
     assert int(info.iterations) < 20  # measured 12
     assert float(info.residual) < 1e-3  # measured 1.6e-4
-    assert testing.relative_error(s, testing.sqrtm_reference(a)) < 1e-3  # measured 5.8e-4
+    assert testing.relative_error(s, testing.sqrtm_reference(a)) < 1e-3  # measured 4.5e-4
     w, v = np.linalg.eigh(a.astype(np.float64))
     null = v[:, w < 1e-6 * w[-1]]
     assert null.shape[1] == 256 - 48
-    # zero eigenvalues stay below sqrt(ridge * c) = 1.4e-3 (measured 1.0e-3)
+    # zero eigenvalues stay below sqrt(ridge * c) = 1.4e-3 (measured 9.2e-4)
     ridge_root = np.sqrt(np.finfo(np.float32).eps * float(info.scale))
     assert np.linalg.norm(null.T @ np.asarray(s, np.float64) @ null, 2) < ridge_root
 
