@@ -141,13 +141,12 @@ def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
     floor = _sign.floor_for(a_hat.dtype)
     tol = _sign.tolerance_for(a_hat.dtype)
 
-    def scale(w, v, num_matvecs):
-        dev, v = _sign.deviation(w, v, num_iters=num_matvecs, precision=precision)
-        return _sign.cubic_scale(dev, floor)[..., None, None], dev, v
-
     # The first step of _coupled_step with Y = W = A_hat and Z = I, in one product.
-    alpha, dev, v = scale(a_hat, power_start(a_hat), _sign.WARMUP_MATVECS)
     a_hat2 = mm(a_hat, a_hat, precision)
+    dev, v = _sign.first_deviation(
+        a_hat, a_hat2, power_start(a_hat), num_iters=_sign.WARMUP_MATVECS, precision=precision
+    )
+    alpha = _sign.cubic_scale(dev, floor)[..., None, None]
     y = 0.5 * alpha * (3 * a_hat - alpha * alpha * a_hat2)
     z = 0.5 * alpha * (3 * eye_like(a_hat) - alpha * alpha * a_hat)
     active = dev > tol
@@ -162,7 +161,8 @@ def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
     def step(state):
         k, y, z, v, active, iterations, alphas = state
         w = mm(z, y, precision)
-        alpha, dev, v = scale(w, v, _sign.MATVECS_PER_STEP)
+        dev, v = _sign.deviation(w, v, num_iters=_sign.MATVECS_PER_STEP, precision=precision)
+        alpha = _sign.cubic_scale(dev, floor)[..., None, None]
         y_next, z_next = _coupled_step(y, z, w, alpha, precision)
         update = active[..., None, None]
         y = jnp.where(update, y_next, y)

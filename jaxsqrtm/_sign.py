@@ -18,16 +18,18 @@ keeps ``[0, 1]`` inside ``[0, 1]``, so an inexact ``l`` costs speed, never conve
 iteration on ``I - X_k^2`` (a product every step computes anyway), warm-started from the
 previous step's vector because the slowest eigenvector does not change between steps.
 The estimate is a lower bound of the deviation, so ``l`` is over-estimated and the step
-errs on the cautious side.
+errs on the cautious side. The first step has no previous vector; it starts with
+``WARMUP_MATVECS`` steps on ``(I - X_0)^2``, formed from the ``X_0^2`` that step computes
+(:func:`first_deviation`).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxsqrtm._matrix import matvec, power_iterate
+from jaxsqrtm._matrix import eye_like, matvec, power_iterate, symmetrize
 
-WARMUP_MATVECS = 8
+WARMUP_MATVECS = 4  # on (I - X_0)^2: as good as 8 on I - X_0
 MATVECS_PER_STEP = 2
 MAX_ITERS = 40
 
@@ -49,6 +51,21 @@ def tolerance_for(dtype) -> float:
 def deviation(x_squared, v, *, num_iters, precision):
     """Estimate ``||I - X^2||_2`` per matrix by warm-started power iteration."""
     return power_iterate(lambda u: u - matvec(x_squared, u, precision), v, num_iters=num_iters)
+
+
+def first_deviation(x, x_squared, v, *, num_iters, precision):
+    """Estimate ``||I - X||_2`` per matrix from ``(I - X)^2 = I - 2X + X^2``.
+
+    For the first step, where ``X^2`` is a product the step needs anyway: ``num_iters``
+    power-iteration steps on ``(I - X)^2`` converge like ``2 num_iters`` on ``I - X``.
+    Near convergence the form ``I - 2X + X^2`` cancels (absolute round-off ``~eps``),
+    so a deviation below ``~sqrt(eps)`` reads high: a cautious step, never a wrong one.
+    """
+    deviation_squared = symmetrize(eye_like(x) - 2 * x + x_squared)
+    dev2, v = power_iterate(
+        lambda u: matvec(deviation_squared, u, precision), v, num_iters=num_iters
+    )
+    return jnp.sqrt(dev2), v
 
 
 def cubic_scale(dev, floor):
