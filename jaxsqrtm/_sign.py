@@ -58,8 +58,11 @@ def first_deviation(x, x_squared, v, *, num_iters, precision):
 
     For the first step, where ``X^2`` is a product the step needs anyway: ``num_iters``
     power-iteration steps on ``(I - X)^2`` converge like ``2 num_iters`` on ``I - X``.
-    Near convergence the form ``I - 2X + X^2`` cancels (absolute round-off ``~eps``),
-    so a deviation below ``~sqrt(eps)`` reads high: a cautious step, never a wrong one.
+    The form ``I - 2X + X^2`` cancels where ``X`` is close to ``I``: the squared
+    deviation carries an absolute round-off of about ``n eps``, which matters only below
+    a deviation of about ``sqrt(n eps)``. A first step rarely starts there: ``A_hat``
+    is scaled by a bound that exceeds its largest eigenvalue by ``n^(1/4)`` when all
+    eigenvalues are equal, and is close to it only when one eigenvalue dominates.
     """
     deviation_squared = symmetrize(eye_like(x) - 2 * x + x_squared)
     dev2, v = power_iterate(
