@@ -29,18 +29,18 @@ def _symmetric_bcb_terms(b, c, *, precision):
     return y + jnp.swapaxes(y, -1, -2)
 
 
-def _symmetric_c_step(b, c, *, precision):
-    """The ``C`` half of a sign step for symmetric ``C``: 2 products."""
-    return 0.5 * (3 * c - _symmetric_bcb_terms(b, c, precision=precision))
-
-
-def _scaled_symmetric_step(b, c, b2, alpha, *, precision):
-    """A sign step on ``alpha [[B, C], [0, -B]]`` for symmetric ``C`` given ``B^2``: 3 products.
+def _symmetric_c_step(b, c, alpha=1.0, *, precision):
+    """The ``C`` half of a sign step on ``alpha [[B, C], [0, -B]]``, symmetric ``C``: 2 products.
 
     ``alpha`` enters the elementwise update, not the products' operands.
     """
     y = _symmetric_bcb_terms(b, c, precision=precision)
-    c = 0.5 * alpha * (3 * c - alpha * alpha * y)
+    return 0.5 * alpha * (3 * c - alpha * alpha * y)
+
+
+def _scaled_symmetric_step(b, c, b2, alpha, *, precision):
+    """A sign step on ``alpha [[B, C], [0, -B]]`` for symmetric ``C`` given ``B^2``: 3 products."""
+    c = _symmetric_c_step(b, c, alpha, precision=precision)
     b = 0.5 * alpha * (3 * b - alpha * alpha * mm(b2, b, precision))
     return b, c
 
@@ -167,8 +167,7 @@ def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision):
         return k + 1, jnp.where(update, b_next, b), jnp.where(update, c_next, c)
 
     _, b, c = lax.while_loop(lambda state: state[0] < last, step, (0, b, c))
-    alpha = alpha_at(last)
-    c_last = 0.5 * alpha * (3 * c - alpha * alpha * _symmetric_bcb_terms(b, c, precision=precision))
+    c_last = _symmetric_c_step(b, c, alpha_at(last), precision=precision)
     return 0.5 * jnp.where((iterations > last)[..., None, None], c_last, c)
 
 
