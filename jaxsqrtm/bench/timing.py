@@ -61,12 +61,22 @@ def seconds_per_call(timed: Timed, calls: int) -> float:
 
 
 def warm_up(timed: Timed, calls: int, min_sample_s: float) -> None:
-    """Run ``calls`` untimed calls and choose ``inner`` so a sample lasts ``min_sample_s``."""
+    """Run ``calls`` untimed calls, then choose ``inner`` so a sample lasts ``min_sample_s``.
+
+    ``inner`` comes from timed batches of calls after the warm-up, growing fourfold until
+    a batch lasts a fifth of ``min_sample_s``: the first calls after compilation
+    (allocation, cold caches) can take several times as long as the rest, and a call of
+    0.1 ms timed on its own is mostly scheduler noise.
+    """
     for _ in range(calls):
-        start = time.perf_counter()
         timed.output = jax.block_until_ready(timed.compiled(*timed.args))
-        last = time.perf_counter() - start
-    timed.inner = int(min(MAX_INNER_CALLS, max(1, math.ceil(min_sample_s / max(last, 1e-9)))))
+    batch = 1
+    while True:
+        per_call = seconds_per_call(timed, batch)
+        if batch >= MAX_INNER_CALLS or per_call * batch >= 0.2 * min_sample_s:
+            break
+        batch = min(4 * batch, MAX_INNER_CALLS)
+    timed.inner = int(min(MAX_INNER_CALLS, max(1, math.ceil(min_sample_s / max(per_call, 1e-9)))))
 
 
 def wants_sample(timed: Timed, repeats: int, min_repeats: int, max_case_s: float) -> bool:

@@ -67,9 +67,9 @@ class Settings:
     functions: tuple[str, ...] = ("sqrtm", "inv_sqrtm")
     dtypes: tuple[str, ...] = ("float32",)
     application_dtypes: tuple[str, ...] = ("float32", "bfloat16")
-    repeats: int = 5
+    repeats: int = 9
     warmup: int = 1
-    min_sample_s: float = 2e-3
+    min_sample_s: float = 5e-3
     min_repeats: int = 3
     max_case_s: float = 2.0
     kappa: float = 100.0
