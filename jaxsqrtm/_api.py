@@ -325,13 +325,18 @@ def _ridged_root(a_hat, c, config):
         A_hat^(1/2)  = Y (I - u)^(1/2)  = Y - r Z / 2 - r^2 Z^3 / 8 + O(u^3)
         A_hat^(-1/2) = Z (I - u)^(-1/2) = Z + r Z^3 / 2 + 3 r^2 Z^5 / 8 + O(u^3)
 
-    ``Z^3`` costs 2 products, the inverse root's ``Z^5`` one more. The relative error
-    left at an eigenvalue ``l`` is about ``(r / l)^3 / 16`` for the root and
-    ``5 (r / l)^3 / 16`` for the inverse, instead of ``r / (2 l)`` for a plain ridge. At
-    condition number ``1e6`` in float32 ``r / l ~ 0.1``: the root's second-order term
-    (``(r / l)^2 / 8 ~ 2e-3`` there) matters for the gradient, whose error is largest in
-    those directions. Returns ``(root_hat, c', schedule)`` with the root to be rescaled
-    by ``c'`` and what the backward needs.
+    The relative error left at an eigenvalue ``l`` is about ``(r / l)^3 / 16`` for the
+    root and ``5 (r / l)^3 / 16`` for the inverse, instead of ``r / (2 l)`` for a plain
+    ridge. At condition number ``1e6`` in float32 ``r / l ~ 0.1``: the root's
+    second-order term (``(r / l)^2 / 8 ~ 2e-3`` there) matters for the gradient, whose
+    error is largest in those directions. Per matrix, the second-order term is dropped
+    where :func:`_second_order_matters` shows it is below round-off in every direction.
+
+    Cost: the root takes 2 products (``Z^3``) and the inverse root 3 (``Z^3``, ``Z^5``)
+    when some matrix of the batch needs its second-order term; otherwise the root takes
+    none and the inverse root 2 (and keeps the root's ``r^2`` term, free there).
+    Returns ``(root_hat, c', schedule)`` with the root to be rescaled by ``c'`` and what
+    the backward needs.
     """
     ridge = _sign.floor_for(a_hat.dtype) ** 2 if config.ridge is None else config.ridge
     eye = jnp.eye(a_hat.shape[-1], dtype=a_hat.dtype)
@@ -339,14 +344,56 @@ def _ridged_root(a_hat, c, config):
     y, z, iterations, alphas = _methods.scaled_newton_schulz_roots(
         (a_hat + ridge * eye) / (1 + ridge), max_iters=config.max_iters, precision=config.precision
     )
-    z2 = mm(z, z, config.precision)
-    z3 = mm(z2, z, config.precision)
-    root = symmetrize(y - 0.5 * r * z - 0.125 * r * r * z3)
-    inverse_root = None
-    if config.inverse:
-        inverse_root = symmetrize(z + 0.5 * r * z3 + 0.375 * r * r * mm(z3, z2, config.precision))
+    keep = _second_order_matters(z, r)[..., None, None]
+    precision = config.precision
+    if config.inverse:  # Z^3 is needed either way
+        z2 = mm(z, z, precision)
+        z3 = mm(z2, z, precision)
+
+    def removed(second_order: bool):
+        """The roots with the ridge removed, with or without the ``r^2`` terms (static).
+
+        Each branch yields the finished sums: the skipped term costs no pass over zeros.
+        """
+
+        def branch():
+            if not config.inverse:
+                root = y - 0.5 * r * z
+                if second_order:
+                    cube = mm(mm(z, z, precision), z, precision)
+                    root = root - jnp.where(keep, 0.125 * r * r * cube, 0)
+                return root, root
+            inverse_root = z + 0.5 * r * z3
+            if second_order:
+                inverse_root = inverse_root + jnp.where(
+                    keep, 0.375 * r * r * mm(z3, z2, precision), 0
+                )
+            return y - 0.5 * r * z - 0.125 * r * r * z3, inverse_root
+
+        return branch
+
+    root, inverse_root = lax.cond(jnp.any(keep), removed(True), removed(False))
+    root = symmetrize(root)
+    inverse_root = symmetrize(inverse_root) if config.inverse else None
     schedule = _Schedule(root, inverse_root, alphas, iterations)
     return inverse_root if config.inverse else root, c * (1 + ridge), schedule
+
+
+def _second_order_matters(z, r):
+    """Whether the ``r^2`` terms of :func:`_ridged_root` can exceed round-off, per matrix.
+
+    ``u = r min(||Z||_F^2, ||Z||_inf^2)`` bounds the series variable ``r ||Z||_2^2`` in
+    every direction (``||Z||_2 <= ||Z||_inf`` for symmetric ``Z``; measured 2 to 30
+    times too large for n = 8 to 512), and the second-order terms are at most
+    ``3 u^2 / 8`` relative, so they are kept where ``u > sqrt(eps) / 2``. In float32 that
+    keeps them from condition number ``1e3`` to ``1e4`` on, and drops them at ``1e2``
+    up to n = 64 to 512, depending on the spectrum.
+    """
+    eps = float(jnp.finfo(z.dtype).eps)
+    frobenius2 = jnp.sum(z * z, axis=(-2, -1))
+    row_sum = jnp.max(jnp.sum(jnp.abs(z), axis=-1), axis=-1)
+    u = r * jnp.minimum(frobenius2, row_sum * row_sum)
+    return u > 0.5 * eps**0.5
 
 
 def _newton_schulz_root(a, config):
@@ -498,8 +545,10 @@ def matmul_count(
     through a product costs two products, so ``"ns"``'s backward is counted as twice its
     forward. Returns ``None`` for ``"eigh"``, which is not built from products, and for
     ``"auto"``, whose iteration count depends on the input: for ``k`` iterations
-    (``RootInfo.iterations``) ``3k + 1`` products forward and ``4k - 2`` more backward,
-    plus 1 forward and 2 backward for the inverse root.
+    (``RootInfo.iterations``) ``3k - 1`` products forward and ``4k - 2`` more backward;
+    the inverse root adds 2 forward and 2 backward. Where the ridge's second-order term
+    is kept (in float32 from condition number ``1e3`` to ``1e4`` on, depending on the
+    spectrum and ``n``) the forward takes 2 more (1 for the inverse root).
     """
     config = _make_config(
         "matmul_count",
