@@ -99,6 +99,12 @@ def test_summary_and_products(tiny_run):
     functions = {entry["function"] for entry in summary["mpa_over_eigh"]}
     assert functions == {"sqrtm", "inv_sqrtm"}
     assert all(entry["ratio"] > 0 for entry in summary["mpa_over_eigh"])
+    assert summary["auto_over_mpa_target"] == 1.5
+    accurate = summary["auto_over_mpa"]
+    assert {entry["function"] for entry in accurate} == {"sqrtm", "inv_sqrtm"}
+    for entry in accurate:
+        assert entry["ratio"] == pytest.approx(entry["auto_s"] / entry["mpa_s"])
+        assert entry["ratio_best"] > 0
 
 
 def test_plots_and_markdown_are_written(tiny_run):
@@ -108,6 +114,7 @@ def test_plots_and_markdown_are_written(tiny_run):
     assert all(size > 1000 for size in names.values())
     text = markdown_path.read_text()
     assert "Time against batch size" in text
+    assert "auto / mpa fwd+bwd" in text
     assert "Relative error against float64" in text
 
 
