@@ -67,7 +67,8 @@ def _ratio(row: dict, mode: str, key: str = "roofline") -> float | None:
     return None if timing is None else timing[key]
 
 
-def _median(row: dict | None, mode: str, key: str = "median_s") -> float | None:
+def _seconds(row: dict | None, mode: str, key: str = "median_s") -> float | None:
+    """A time statistic of one mode (the median, or e.g. ``"min_s"``), ``None`` if absent."""
     if row is None or row.get(mode) is None:
         return None
     return row[mode][key]
@@ -80,7 +81,7 @@ def _versus(rows: list[dict], method: str, baseline: str) -> list[dict]:
         if name != method:
             continue
         other = index.get((batch, n, source, function, baseline))
-        mine, theirs = _median(row, "forward_backward"), _median(other, "forward_backward")
+        mine, theirs = _seconds(row, "forward_backward"), _seconds(other, "forward_backward")
         if mine is None or theirs is None:
             continue
         result.append(
@@ -92,8 +93,8 @@ def _versus(rows: list[dict], method: str, baseline: str) -> list[dict]:
                 f"{method}_s": mine,
                 f"{baseline}_s": theirs,
                 "ratio": mine / theirs,
-                "ratio_best": _median(row, "forward_backward", "min_s")
-                / _median(other, "forward_backward", "min_s"),
+                "ratio_best": _seconds(row, "forward_backward", "min_s")
+                / _seconds(other, "forward_backward", "min_s"),
                 "target_shape": (batch, n) in TARGET_SHAPES and source == "synthetic",
             }
         )
@@ -168,7 +169,7 @@ def pivot(
 
 
 def _both_times(row: dict) -> str:
-    fwd, both = _median(row, "forward"), _median(row, "forward_backward")
+    fwd, both = _seconds(row, "forward"), _seconds(row, "forward_backward")
     return f"{milliseconds(fwd)} / {milliseconds(both)}"
 
 
