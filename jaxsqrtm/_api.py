@@ -1,35 +1,26 @@
-"""Public ``sqrtm`` / ``inv_sqrtm``: validation, dispatch and the custom gradients.
+"""Public ``sqrtm`` / ``inv_sqrtm`` / ``matmul_count``: validation and dispatch.
 
 Three layers, as in ``jax/_src/numpy/linalg.py``: the public wrappers check shapes,
-dtypes and knobs at trace time and build a hashable :class:`_Config`; the jitted
-:func:`_root` dispatches on it; :func:`_lyapunov_root` and :func:`_eigh_root` carry the
-``jax.custom_vjp`` rules.
+dtypes and knobs at trace time against the method's entry in
+:data:`jaxsqrtm._methods.TABLE` and build a hashable :class:`jaxsqrtm._core.Config`;
+the jitted :func:`_root` calls the entry's ``root``, which carries its own
+differentiation rule. Nothing here branches on a method's name.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxsqrtm import _lyapunov, _methods, _sign, _validation
-from jaxsqrtm._matrix import frobenius_norm, matrix_scale, mm, spectral_bound, symmetrize
+from jaxsqrtm import _validation
+from jaxsqrtm._core import Config
+from jaxsqrtm._matrix import frobenius_norm, mm, symmetrize
+from jaxsqrtm._methods import TABLE
 
-METHODS = ("auto", "mpa", "mtp", "ns", "eigh")
-
-_DEFAULTS = {
-    "auto": {"normalization": "spectral_bound", "max_iters": _sign.MAX_ITERS, "ridge": None},
-    "mpa": {"degree": 5, "normalization": "frobenius", "backward_iters": 8},
-    "mtp": {"degree": 10, "normalization": "frobenius", "backward_iters": 8},
-    "ns": {"num_iters": 5, "normalization": "trace"},
-    "eigh": {},
-}
-# Scales that never undershoot the largest eigenvalue, as the adaptive schedule needs.
-_BOUNDS = ("spectral_bound", "frobenius", "trace")
+METHODS = tuple(TABLE)
 
 
 class RootInfo(NamedTuple):
@@ -50,62 +41,10 @@ class RootInfo(NamedTuple):
     scale: jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class _Config:
-    """Static knobs of one call; hashable, so equal knobs share one compiled program."""
-
-    method: str
-    inverse: bool
-    precision: lax.Precision
-    return_info: bool = False
-    degree: int | None = None
-    num_iters: int | None = None
-    normalization: str | None = None
-    backward_iters: int | None = None
-    max_iters: int | None = None
-    ridge: float | None = None
-
-
-def _check_ridge(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"ridge must be a Python float, got {value!r}")
-    if not 0 <= value < 1:
-        raise ValueError(f"ridge must be in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _make_config(func, inverse, method, precision, return_info, **knobs) -> _Config:
-    method = _validation.check_choice(method, "method", METHODS)
-    defaults = _DEFAULTS[method]
-    resolved = {}
-    for name, value in knobs.items():
-        if name not in defaults:
-            if value is not None:
-                raise ValueError(
-                    f"{func}: {name}={value!r} does not apply to method={method!r}; "
-                    f"its knobs are {tuple(defaults) or 'none'}"
-                )
-            continue
-        value = defaults[name] if value is None else value
-        if name == "normalization":
-            choices = _BOUNDS if method == "auto" else _validation.NORMALIZATIONS
-            value = _validation.check_choice(value, name, choices)
-        elif name == "ridge":
-            value = None if value is None else _check_ridge(value)
-        else:
-            value = _validation.check_count(
-                value, name, minimum=0 if name == "backward_iters" else 1
-            )
-        resolved[name] = value
-    if not isinstance(return_info, bool):
-        raise TypeError(f"{func}: return_info must be a bool, got {return_info!r}")
-    return _Config(
-        method=method,
-        inverse=inverse,
-        precision=_validation.check_precision(precision),
-        return_info=return_info,
-        **resolved,
-    )
+def configure(func: str, method, *, inverse: bool, precision="highest", **knobs) -> Config:
+    """Validate ``method`` and its keywords for ``func``; ``None`` knobs take the default."""
+    method = _validation.check_choice(func, "method", method, METHODS)
+    return TABLE[method].configure(func, inverse=inverse, precision=precision, given=knobs)
 
 
 _KNOBS_DOC = """
@@ -172,9 +111,14 @@ _KNOBS_DOC = """
 
     Values cannot be checked under ``jit``: NaN or Inf entries give NaN; a zero matrix
     gives a zero root and a zero gradient; negative eigenvalues give a real matrix that
-    is not a root (``"eigh"`` clamps them to 0). ``"auto"`` loops with
-    ``lax.while_loop``: reverse-over-reverse differentiation (``grad`` of ``grad``) stops
-    there, forward-over-reverse (``jax.jvp`` of ``grad``, ``jax.hessian``) works.
+    is not a root (``"eigh"`` clamps them to 0).
+
+    Transforms: every method supports ``jit``, ``vmap``, ``jax.jvp``/``jax.jacfwd``/
+    ``jax.linearize``, ``jax.grad``/``jax.vjp``, second order in any combination
+    (``jax.hessian``, ``grad`` of ``grad``), ``jax.checkpoint``, ``lax.scan`` bodies and
+    ``jax.shard_map``. ``"auto"``, ``"mpa"`` and ``"mtp"`` differentiate by a
+    ``jax.custom_jvp`` rule that solves the Lyapunov equation (the loops are never
+    differentiated); ``"eigh"`` by the Daleckii–Krein formula; ``"ns"`` by autodiff.
 """
 
 
@@ -192,13 +136,12 @@ def _public_root(func, inverse):
         precision="highest",
         return_info: bool = False,
     ):
-        a = _validation.check_matrices(a, func)
-        config = _make_config(
+        a = _validation.check_matrices(func, a)
+        config = configure(
             func,
-            inverse,
             method,
-            precision,
-            return_info,
+            inverse=inverse,
+            precision=precision,
             degree=degree,
             num_iters=num_iters,
             normalization=normalization,
@@ -206,7 +149,8 @@ def _public_root(func, inverse):
             max_iters=max_iters,
             ridge=ridge,
         )
-        return _root(a, config)
+        return_info = _validation.check_bool(func, "return_info", return_info)
+        return _root(a, config, return_info)
 
     root.__name__ = root.__qualname__ = func
     return root
@@ -264,20 +208,15 @@ inv_sqrtm.__doc__ = (
 )
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _root(a, config: _Config):
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _root(a, config: Config, return_info: bool):
     dtype = _validation.compute_dtype(a.dtype)
     x = symmetrize(a.astype(dtype))
-    if config.method == "eigh":
-        out, scale, iterations = _eigh_root(x, config)
-    elif config.method == "ns":
-        out, scale, iterations = _newton_schulz_root(x, config)
-    else:
-        out, scale, iterations = _lyapunov_root(x, config)
-    if not config.return_info:
-        return out.astype(a.dtype)
-    info = RootInfo(_residual(out, x, config), iterations, scale)
-    return out.astype(a.dtype), info
+    result = TABLE[config.method].root(x, config)
+    out = result.out.astype(a.dtype)
+    if not return_info:
+        return out
+    return out, RootInfo(_residual(result.out, x, config), result.iterations, result.scale)
 
 
 def _residual(out, a, config):
@@ -288,244 +227,6 @@ def _residual(out, a, config):
         )
         return frobenius_norm(error) / jnp.sqrt(jnp.asarray(a.shape[-1], a.dtype))
     return frobenius_norm(mm(out, out, config.precision) - a) / frobenius_norm(a)
-
-
-def _rescale(root_hat, c, inverse):
-    """``c^(+-1/2) * root_hat`` per matrix; a zero scale (zero matrix) gives a zero root."""
-    nonzero = (c != 0)[..., None, None]
-    safe = jnp.where(nonzero, c[..., None, None], 1)
-    factor = lax.rsqrt(safe) if inverse else jnp.sqrt(safe)
-    if inverse:
-        return jnp.where(nonzero, factor * root_hat, jnp.inf)
-    return jnp.where(nonzero, factor * root_hat, 0)
-
-
-def _normalized(a, config):
-    """``(A_hat, c)`` with ``A_hat = A / c``."""
-    c = matrix_scale(a, config.normalization, precision=config.precision)
-    safe = jnp.where(c != 0, c, 1)[..., None, None]
-    return a / safe, c
-
-
-class _Schedule(NamedTuple):
-    """What the accurate backward keeps from the forward, besides the scale ``c``."""
-
-    root: jax.Array  # A_hat^(1/2) of the normalised input, ridge removed
-    inverse_root: jax.Array | None  # A_hat^(-1/2) likewise, for inv_sqrtm only
-    alphas: jax.Array  # (..., max_iters) step sizes of the forward sign iteration
-    iterations: jax.Array  # (...,) steps taken
-
-
-def _ridged_root(a_hat, c, config):
-    """Roots of ``A_hat`` from those of ``A_hat + r I``, the ridge removed by a series.
-
-    The coupled iteration delivers both ``Y = (A_hat + r I)^(1/2)`` and
-    ``Z = (A_hat + r I)^(-1/2)``; with ``u = r Z^2``::
-
-        A_hat^(1/2)  = Y (I - u)^(1/2)  = Y - r Z / 2 - r^2 Z^3 / 8 + O(u^3)
-        A_hat^(-1/2) = Z (I - u)^(-1/2) = Z + r Z^3 / 2 + 3 r^2 Z^5 / 8 + O(u^3)
-
-    The relative error left at an eigenvalue ``l`` is about ``(r / l)^3 / 16`` for the
-    root and ``5 (r / l)^3 / 16`` for the inverse, instead of ``r / (2 l)`` for a plain
-    ridge. At condition number ``1e6`` in float32 ``r / l ~ 0.1``: the root's
-    second-order term (``(r / l)^2 / 8 ~ 2e-3`` there) matters for the gradient, whose
-    error is largest in those directions. Per matrix, the second-order term is dropped
-    where :func:`_second_order_matters` shows it is below round-off in every direction.
-
-    Cost: the root takes 2 products (``Z^3``) and the inverse root 3 (``Z^3``, ``Z^5``)
-    when some matrix of the batch needs its second-order term; otherwise the root takes
-    none and the inverse root 2 (and keeps the root's ``r^2`` term, free there).
-    Returns ``(root_hat, c', schedule)`` with the root to be rescaled by ``c'`` and what
-    the backward needs.
-    """
-    ridge = _sign.floor_for(a_hat.dtype) ** 2 if config.ridge is None else config.ridge
-    eye = jnp.eye(a_hat.shape[-1], dtype=a_hat.dtype)
-    r = ridge / (1 + ridge)
-    y, z, iterations, alphas = _methods.scaled_newton_schulz_roots(
-        (a_hat + ridge * eye) / (1 + ridge), max_iters=config.max_iters, precision=config.precision
-    )
-    keep = _second_order_matters(z, r)[..., None, None]
-    precision = config.precision
-    if config.inverse:  # Z^3 is needed either way
-        z2 = mm(z, z, precision)
-        z3 = mm(z2, z, precision)
-
-    def removed(second_order: bool):
-        """The roots with the ridge removed, with or without the ``r^2`` terms (static).
-
-        Each branch yields the finished sums: the skipped term costs no pass over zeros.
-        """
-
-        def branch():
-            if not config.inverse:
-                root = y - 0.5 * r * z
-                if second_order:
-                    cube = mm(mm(z, z, precision), z, precision)
-                    root = root - jnp.where(keep, 0.125 * r * r * cube, 0)
-                return root, root
-            inverse_root = z + 0.5 * r * z3
-            if second_order:
-                inverse_root = inverse_root + jnp.where(
-                    keep, 0.375 * r * r * mm(z3, z2, precision), 0
-                )
-            return y - 0.5 * r * z - 0.125 * r * r * z3, inverse_root
-
-        return branch
-
-    root, inverse_root = lax.cond(jnp.any(keep), removed(True), removed(False))
-    root = symmetrize(root)
-    inverse_root = symmetrize(inverse_root) if config.inverse else None
-    schedule = _Schedule(root, inverse_root, alphas, iterations)
-    return inverse_root if config.inverse else root, c * (1 + ridge), schedule
-
-
-def _second_order_matters(z, r):
-    """Whether the ``r^2`` terms of :func:`_ridged_root` can exceed round-off, per matrix.
-
-    ``u = r min(||Z||_F^2, ||Z||_inf^2)`` bounds the series variable ``r ||Z||_2^2`` in
-    every direction (``||Z||_2 <= ||Z||_inf`` for symmetric ``Z``; measured 2 to 30
-    times too large for n = 8 to 512), and the second-order terms are at most
-    ``3 u^2 / 8`` relative, so they are kept where ``u > sqrt(eps) / 2``. In float32 that
-    keeps them from condition number ``1e3`` to ``1e4`` on, and drops them at ``1e2``
-    up to n = 64 to 512, depending on the spectrum.
-    """
-    eps = float(jnp.finfo(z.dtype).eps)
-    frobenius2 = jnp.sum(z * z, axis=(-2, -1))
-    row_sum = jnp.max(jnp.sum(jnp.abs(z), axis=-1), axis=-1)
-    u = r * jnp.minimum(frobenius2, row_sum * row_sum)
-    return u > 0.5 * eps**0.5
-
-
-def _newton_schulz_root(a, config):
-    a_hat, c = _normalized(a, config)
-    root = _methods.newton_schulz_root(
-        a_hat, num_iters=config.num_iters, inverse=config.inverse, precision=config.precision
-    )
-    iterations = jnp.full(c.shape, config.num_iters, jnp.int32)
-    return _rescale(root, c, config.inverse), c, iterations
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _lyapunov_root(a, config: _Config):
-    return _lyapunov_root_fwd(a, config)[0]
-
-
-def _lyapunov_root_fwd(a, config):
-    a_hat, c = _normalized(a, config)
-    kwargs = {"inverse": config.inverse, "precision": config.precision}
-    if config.method == "auto":
-        root, c, schedule = _ridged_root(a_hat, c, config)
-        out = _rescale(root, c, config.inverse)
-        return (out, c, schedule.iterations), (c, schedule)
-    approximant = _methods.pade_root if config.method == "mpa" else _methods.taylor_root
-    root = approximant(a_hat, degree=config.degree, **kwargs)
-    out = _rescale(root, c, config.inverse)
-    return (out, c, jnp.zeros(c.shape, jnp.int32)), (out, c)
-
-
-def _lyapunov_root_bwd(config, residuals, cotangents):
-    """Gradient of the exact root at the computed one (Song et al., TPAMI 2022, §4).
-
-    Square root, ``S = A^(1/2)``: ``dS = L_S^(-1)(dA)`` with ``L_S(X) = S X + X S``
-    self-adjoint, so ``dl/dA = L_S^(-1)(G)``, started at ``S / sqrt(c)``.
-    Inverse root, ``P = A^(-1/2)``: ``dP = -P dS P``, so
-    ``dl/dA = L_S^(-1)(-P G P) = L_P^(-1)(-P^2 G P^2)``; in terms of ``P_hat = P / c_P``,
-    ``dl/dA = c_P^3 L_{P_hat}^(-1)(-P_hat^2 G P_hat^2)``, which keeps every intermediate
-    in range whatever the scale of ``A``. ``c_P`` is the chosen normalisation of ``P``
-    (``"spectral_bound"`` reuses ``P^2``). ``"auto"``: :func:`_accurate_root_bwd`.
-    """
-    # The scale and iteration outputs carry no gradient; the solver reads G as symmetric.
-    g = cotangents[0]
-    if config.method == "auto":
-        return (_accurate_root_bwd(config, *residuals, g),)
-    out, c = residuals
-    solve = functools.partial(
-        _lyapunov.solve_scaled,
-        num_iters=config.backward_iters,
-        symmetric_rhs=True,
-        precision=config.precision,
-    )
-    if not config.inverse:
-        return (solve(out, g, jnp.sqrt(jnp.maximum(c, 0))),)
-    p2 = mm(out, out, config.precision)
-    if config.normalization == "spectral_bound":
-        c_p = spectral_bound(out, square=p2)
-    else:
-        c_p = matrix_scale(out, config.normalization, precision=config.precision)
-    c_p = jnp.where(c_p != 0, c_p, 1)[..., None, None]
-    p_hat2 = p2 / (c_p * c_p)
-    rhs = -mm(mm(p_hat2, g, config.precision), p_hat2, config.precision)
-    return (c_p**3 * solve(out / c_p, rhs, jnp.ones_like(c)),)
-
-
-def _accurate_root_bwd(config, c, schedule, g):
-    """The backward of ``"auto"``: both roots through ``L_S^(-1)``, ``S = A^(1/2)``.
-
-    With ``S = sqrt(c) S_hat`` and ``P = P_hat / sqrt(c)``::
-
-        sqrtm:      dl/dA = L_S^(-1)(G)        = L_{S_hat}^(-1)(G) / sqrt(c)
-        inv_sqrtm:  dl/dA = L_S^(-1)(-P G P)   = L_{S_hat}^(-1)(-P_hat G P_hat) / c^(3/2)
-
-    ``S_hat`` has the spectrum that the forward iteration took to 1, so the solve replays
-    the forward's step sizes and step count (:func:`_lyapunov.replayed_sign_lyapunov`)
-    instead of measuring its own: ``4k - 2`` products for ``k`` steps, plus 2 for the
-    inverse's right-hand side.
-    """
-    nonzero = c != 0
-    safe = jnp.where(nonzero, c, 1)
-    rhs, factor = g, lax.rsqrt(safe)
-    if config.inverse:
-        p = schedule.inverse_root
-        rhs, factor = -mm(mm(p, g, config.precision), p, config.precision), factor**3
-    x = _lyapunov.replayed_sign_lyapunov(
-        schedule.root, rhs, schedule.alphas, schedule.iterations, precision=config.precision
-    )
-    return jnp.where(nonzero[..., None, None], factor[..., None, None] * x, 0)
-
-
-_lyapunov_root.defvjp(_lyapunov_root_fwd, _lyapunov_root_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _eigh_root(a, config: _Config):
-    return _eigh_root_fwd(a, config)[0]
-
-
-def _eigh_values(w, inverse):
-    return lax.rsqrt(w) if inverse else jnp.sqrt(jnp.maximum(w, 0))
-
-
-def _eigh_root_fwd(a, config):
-    w, v = jnp.linalg.eigh(a)
-    f = _eigh_values(w, config.inverse)
-    out = mm(v * f[..., None, :], jnp.swapaxes(v, -1, -2), config.precision)
-    scale = jnp.max(jnp.abs(w), axis=-1)
-    return (out, scale, jnp.zeros(scale.shape, jnp.int32)), (w, v)
-
-
-def _eigh_root_bwd(config, residuals, cotangents):
-    """Daleckii–Krein: ``dl/dA = V [(V^T G_sym V) o F] V^T``.
-
-    ``F_ij = (f(l_i) - f(l_j)) / (l_i - l_j)``, ``F_ii = f'(l_i)``, written without the
-    cancelling difference: ``1 / (s_i + s_j)`` for the root (``s = sqrt(l)``) and
-    ``-1 / (s_i s_j (s_i + s_j))`` for the inverse root. Finite at repeated eigenvalues;
-    a pair of zero eigenvalues contributes 0 (the root is not differentiable there).
-    """
-    w, v = residuals
-    g = cotangents[0]
-    s = jnp.sqrt(jnp.maximum(w, 0))
-    pair_sum = s[..., :, None] + s[..., None, :]
-    if config.inverse:
-        denominator = -pair_sum * s[..., :, None] * s[..., None, :]
-    else:
-        denominator = pair_sum
-    f = jnp.where(denominator != 0, 1 / jnp.where(denominator != 0, denominator, 1), 0)
-    vt = jnp.swapaxes(v, -1, -2)
-    inner = mm(mm(vt, symmetrize(g), config.precision), v, config.precision)
-    return (mm(mm(v, inner * f, config.precision), vt, config.precision),)
-
-
-_eigh_root.defvjp(_eigh_root_fwd, _eigh_root_bwd)
 
 
 def matmul_count(
@@ -540,37 +241,26 @@ def matmul_count(
 ) -> int | None:
     """Number of ``n x n`` matrix products one call performs per matrix.
 
-    Counts the forward pass, plus the backward pass when ``backward`` is true. The batched
-    linear solve of ``"mpa"`` is not a product and is not counted. Reverse-mode autodiff
-    through a product costs two products, so ``"ns"``'s backward is counted as twice its
-    forward. Returns ``None`` for ``"eigh"``, which is not built from products, and for
-    ``"auto"``, whose iteration count depends on the input: for ``k`` iterations
-    (``RootInfo.iterations``) ``3k - 1`` products forward and ``4k - 2`` more backward;
-    the inverse root adds 2 forward and 2 backward. Where the ridge's second-order term
-    is kept (in float32 from condition number ``1e3`` to ``1e4`` on, depending on the
-    spectrum and ``n``) the forward takes 2 more (1 for the inverse root).
+    Counts the forward pass, plus the reverse-mode backward pass when ``backward`` is
+    true, as the method's table entry states it. The batched linear solve of ``"mpa"``
+    is not a product and is not counted. Reverse-mode autodiff through a product costs
+    two products, so ``"ns"``'s backward is counted as twice its forward. Returns
+    ``None`` for ``"eigh"``, which is not built from products, and for ``"auto"``, whose
+    iteration count depends on the input: for ``k`` iterations (``RootInfo.iterations``)
+    ``3k - 1`` products forward and ``4k - 2`` more backward; the inverse root adds 2
+    forward and 2 backward. Where the ridge's second-order term is kept (in float32 from
+    condition number ``1e3`` to ``1e4`` on, depending on the spectrum and ``n``) the
+    forward takes 2 more (1 for the inverse root). A forward-mode ``jax.jvp`` costs what
+    the backward does.
     """
-    config = _make_config(
-        "matmul_count",
-        inverse,
+    func = "matmul_count"
+    config = configure(
+        func,
         method,
-        "highest",
-        False,
+        inverse=_validation.check_bool(func, "inverse", inverse),
         degree=degree,
         num_iters=num_iters,
         normalization=normalization,
         backward_iters=backward_iters,
     )
-    if config.method in ("eigh", "auto"):
-        return None
-    if config.method == "ns":
-        forward = _methods.newton_schulz_cost(config.num_iters, inverse)
-        return 3 * forward if backward else forward
-    if config.method == "mpa":
-        forward = _methods.pade_cost(config.degree)
-    else:
-        forward = _methods.taylor_cost(config.degree)
-    if not backward:
-        return forward
-    extra = 3 if inverse else 0  # P^2, P^2 G and (P^2 G) P^2
-    return forward + extra + _lyapunov.lyapunov_cost(config.backward_iters, symmetric_rhs=True)
+    return TABLE[config.method].cost(config, _validation.check_bool(func, "backward", backward))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxsqrtm import _sign, _validation
-from jaxsqrtm._matrix import matrix_scale, mm, power_start, symmetrize
+from jaxsqrtm._matrix import NORMALIZATIONS, matrix_scale, mm, power_start, symmetrize
 
 
 def _block_sign_step(b, c, b2, *, precision):
@@ -111,24 +113,17 @@ def scaled_sign_lyapunov(b, c, *, max_iters: int, symmetric_rhs: bool, precision
             b, c = _scaled_symmetric_step(b, c, b2, alpha, precision=precision)
         else:
             b, c = _block_sign_step(alpha * b, alpha * c, alpha * alpha * b2, precision=precision)
-        return b, c, v, dev > tol
+        return (b, c, v), dev > tol
 
     # B^4 is not at hand here, so the warm-up runs on I - B^2 itself, twice as long.
-    b, c, v, active = scaled_step(b, c, power_start(b), 2 * _sign.WARMUP_MATVECS)
-
-    def keep_going(state):
-        k, *_, active = state
-        return (k < max_iters) & jnp.any(active)
-
-    def step(state):
-        k, b, c, v, active = state
-        b_next, c_next, v, still = scaled_step(b, c, v, _sign.MATVECS_PER_STEP)
-        update = active[..., None, None]
-        b = jnp.where(update, b_next, b)
-        c = jnp.where(update, c_next, c)
-        return k + 1, b, c, v, active & still
-
-    _, _, c, _, _ = lax.while_loop(keep_going, step, (1, b, c, v, active))
+    state, active = scaled_step(b, c, power_start(b), 2 * _sign.WARMUP_MATVECS)
+    _, c, _ = _sign.iterate_per_matrix(
+        lambda _, state: scaled_step(*state, _sign.MATVECS_PER_STEP),
+        state,
+        active,
+        start=1,
+        stop=max_iters,
+    )
     return 0.5 * c
 
 
@@ -137,10 +132,10 @@ def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision):
 
     Runs ``iterations`` steps of :func:`scaled_sign_lyapunov`'s symmetric iteration per
     matrix with the step sizes ``alphas[..., k]`` instead of measuring them. The steps
-    of :func:`jaxsqrtm._methods.scaled_newton_schulz_roots` on ``A_hat`` take the
-    spectrum ``sqrt(w)`` of ``A_hat^(1/2)`` to 1, so they solve the equation of a square
-    root ``B = A_hat^(1/2)``: ``B_k`` has the eigenvalues of that iteration's ``Z_k Y_k``
-    and ``C`` converges with ``B`` (in ``B``'s eigenbasis ``C_ij`` is off by
+    of :func:`jaxsqrtm._methods.accurate.scaled_newton_schulz_roots` on ``A_hat`` take
+    the spectrum ``sqrt(w)`` of ``A_hat^(1/2)`` to 1, so they solve the equation of a
+    square root ``B = A_hat^(1/2)``: ``B_k`` has the eigenvalues of that iteration's
+    ``Z_k Y_k`` and ``C`` converges with ``B`` (in ``B``'s eigenbasis ``C_ij`` is off by
     ``(e_i + e_j) / 2`` relative when ``b_i`` and ``b_j`` are off by ``e_i`` and ``e_j``).
 
     Cost: ``4 k - 2`` products for ``k = max(iterations)`` (the last step needs no
@@ -158,15 +153,14 @@ def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision):
     def alpha_at(k):
         return lax.dynamic_index_in_dim(alphas, k, axis=-1, keepdims=False)[..., None, None]
 
-    def step(state):
-        k, b, c = state
+    def step(k, state):
+        b, c = state
         b_next, c_next = _scaled_symmetric_step(
             b, c, mm(b, b, precision), alpha_at(k), precision=precision
         )
-        update = (k < iterations)[..., None, None]
-        return k + 1, jnp.where(update, b_next, b), jnp.where(update, c_next, c)
+        return (b_next, c_next), k + 1 < iterations
 
-    _, b, c = lax.while_loop(lambda state: state[0] < last, step, (0, b, c))
+    b, c = _sign.iterate_per_matrix(step, (b, c), iterations > 0, start=0, stop=last)
     c_last = _symmetric_c_step(b, c, alpha_at(last), precision=precision)
     return 0.5 * jnp.where((iterations > last)[..., None, None], c_last, c)
 
@@ -207,6 +201,30 @@ def solve_scaled(s, g, scale, *, num_iters: int | None, symmetric_rhs: bool, pre
     return jnp.where(nonzero[..., None, None], x, 0)
 
 
+def lyapunov_inverse(s, rhs, solve, *, precision):
+    """``X = L_S^(-1)(rhs)`` with ``L_S(X) = S X + X S``, as a transposable linear map.
+
+    ``solve(rhs)`` computes the solution (any sign iteration of this module);
+    ``lax.custom_linear_solve`` wraps it with the operator ``L_S``, so that JAX knows
+    the result is linear in ``rhs``, that its transpose is itself (``L_S`` is
+    self-adjoint for symmetric ``S``), and that its derivative in ``S`` is
+    ``-L_S^(-1)(dS X + X dS)``. That is what lets a ``jax.custom_jvp`` rule built on it
+    serve forward mode, reverse mode (by transposition: the same solve on the cotangent)
+    and higher orders without differentiating through the iteration itself.
+
+    Args:
+        s: ``(..., n, n)`` symmetric positive definite.
+        rhs: ``(..., n, n)`` right-hand sides of ``s``'s shape.
+        solve: ``rhs -> X``, the iteration; it may close over ``s`` and other arrays.
+        precision: matmul precision of ``L_S`` (used only to differentiate in ``S``).
+    """
+
+    def operator(x):
+        return mm(s, x, precision) + mm(x, s, precision)
+
+    return lax.custom_linear_solve(operator, rhs, lambda _, b: solve(b), symmetric=True)
+
+
 def solve_lyapunov(
     s,
     g,
@@ -233,8 +251,12 @@ def solve_lyapunov(
       to about 10 with Frobenius scaling, 16 to 20 up to about ``1e4``.
     * ``num_iters=None``: the accurate setting. Optimally scaled iterations
       (:func:`scaled_sign_lyapunov`) run until every matrix has converged: about 6
-      iterations at condition number ``1e2``, 12 at ``1e6`` (float32). Differentiable in
-      forward mode only (``lax.while_loop``).
+      iterations at condition number ``1e2``, 12 at ``1e6`` (float32).
+
+    Differentiation: in both settings ``X`` is differentiated as the solution of the
+    equation (implicitly: ``dX = L_S^(-1)(dG - dS X - X dS)``), not through the
+    iterations, so every transform works (``jax.jvp``, ``jax.grad``, ``jax.hessian``,
+    ``vmap``, ``shard_map``) and each derivative costs one more solve.
 
     Args:
         s: ``(..., n, n)`` symmetric positive definite matrices.
@@ -263,40 +285,40 @@ def solve_lyapunov(
         >>> bool(jnp.allclose(x, jnp.array([[1 / 2, 1 / 4], [1 / 4, 1 / 6]]), atol=1e-6))
         True
     """
-    s = _validation.check_matrices(s, "solve_lyapunov", "s")
-    g = _validation.check_matrices(g, "solve_lyapunov", "g")
+    func = "solve_lyapunov"
+    s = _validation.check_matrices(func, s, "s")
+    g = _validation.check_matrices(func, g, "g")
     if s.shape[-1] != g.shape[-1]:
         raise ValueError(
-            f"solve_lyapunov: s and g must have the same matrix size, got {s.shape} and {g.shape}"
+            f"{func}: s and g must have the same matrix size, got {s.shape} and {g.shape}"
         )
     if num_iters is not None:
-        num_iters = _validation.check_count(num_iters, "num_iters", minimum=0)
+        num_iters = _validation.check_count(func, "num_iters", num_iters, minimum=0)
     if normalization is None:
         normalization = "frobenius" if num_iters is not None else "spectral_bound"
-    normalization = _validation.check_choice(
-        normalization, "normalization", _validation.NORMALIZATIONS
-    )
+    normalization = _validation.check_choice(func, "normalization", normalization, NORMALIZATIONS)
     if num_iters is None and normalization == "spectral":
         raise ValueError(
-            "solve_lyapunov: num_iters=None needs a scale that bounds the spectrum; "
-            "normalization='spectral' is an estimate that can undershoot"
+            f"{func}: normalization must bound the spectrum with num_iters=None; "
+            "'spectral' is an estimate that can undershoot"
         )
-    precision = _validation.check_precision(precision)
-    if not isinstance(symmetric_rhs, bool):
-        raise TypeError(f"symmetric_rhs must be a bool, got {symmetric_rhs!r}")
+    precision = _validation.check_precision(func, precision)
+    symmetric_rhs = _validation.check_bool(func, "symmetric_rhs", symmetric_rhs)
     return _solve_lyapunov(s, g, num_iters, normalization, symmetric_rhs, precision)
 
 
-@jax.jit(static_argnums=(2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _solve_lyapunov(s, g, num_iters, normalization, symmetric_rhs, precision):
     in_dtype = jnp.result_type(s, g)
     dtype = _validation.compute_dtype(in_dtype)
     shape = jnp.broadcast_shapes(s.shape, g.shape)
-    s = jnp.broadcast_to(s.astype(dtype), shape)
+    s = symmetrize(jnp.broadcast_to(s.astype(dtype), shape))
     g = jnp.broadcast_to(g.astype(dtype), shape)
-    s = symmetrize(s)
-    scale = matrix_scale(s, normalization, precision=precision)
-    x = solve_scaled(
-        s, g, scale, num_iters=num_iters, symmetric_rhs=symmetric_rhs, precision=precision
-    )
-    return x.astype(in_dtype)
+    scale = lax.stop_gradient(matrix_scale(s, normalization, precision=precision))
+
+    def solve(rhs):
+        return solve_scaled(
+            s, rhs, scale, num_iters=num_iters, symmetric_rhs=symmetric_rhs, precision=precision
+        )
+
+    return lyapunov_inverse(s, g, solve, precision=precision).astype(in_dtype)

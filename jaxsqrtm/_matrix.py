@@ -208,3 +208,20 @@ def polyval(coeffs: Sequence[Sequence[float]], x, *, precision):
             acc = mm(acc, powers[block], precision) + block_sum(c, j)
         results.append(acc)
     return results
+
+
+def normalized(a, normalization, *, precision=lax.Precision.HIGHEST):
+    """``(A_hat, c)`` with ``A_hat = A / c``, ``c = matrix_scale(A)``; a zero ``c`` divides by 1."""
+    c = matrix_scale(a, normalization, precision=precision)
+    safe = jnp.where(c != 0, c, 1)[..., None, None]
+    return a / safe, c
+
+
+def rescale(root_hat, c, inverse: bool):
+    """``c^(+-1/2) * root_hat`` per matrix; a zero scale (zero matrix) gives a zero root
+    and an infinite inverse root."""
+    nonzero = (c != 0)[..., None, None]
+    safe = jnp.where(nonzero, c[..., None, None], 1)
+    if inverse:
+        return jnp.where(nonzero, lax.rsqrt(safe) * root_hat, jnp.inf)
+    return jnp.where(nonzero, jnp.sqrt(safe) * root_hat, 0)

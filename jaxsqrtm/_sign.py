@@ -25,7 +25,9 @@ errs on the cautious side. The first step has no previous vector; it starts with
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxsqrtm._matrix import eye_like, matvec, power_iterate, symmetrize
 
@@ -75,3 +77,44 @@ def cubic_scale(dev, floor):
     """``alpha`` of the optimal scaled cubic on ``[l, 1]`` with ``l^2 = 1 - dev``."""
     l2 = jnp.clip(1 - dev, floor * floor, 1)
     return jnp.sqrt(3 / (1 + jnp.sqrt(l2) + l2))
+
+
+def _freeze(active, new, old):
+    """``new`` where ``active`` (batch shape ``(...)``) is true, else ``old``, leaf by leaf."""
+
+    def select(n, o):
+        mask = active.reshape(active.shape + (1,) * (n.ndim - active.ndim))
+        return jnp.where(mask, n, o)
+
+    return jax.tree.map(select, new, old)
+
+
+def iterate_per_matrix(step, state, active, *, start, stop):
+    """Run ``step`` while some matrix is active; a finished matrix keeps its state.
+
+    The one loop of every adaptive iteration: ``(new_state, still_active) =
+    step(k, state)`` for ``k = start, start + 1, ...`` while ``k < stop`` and any
+    ``active``; each leaf of ``state`` has the batch shape ``(...)`` of ``active`` as its
+    leading axes and is frozen where ``active`` is false, so a matrix's result does not
+    depend on how long its neighbours iterate. ``lax.while_loop``: differentiable in
+    forward mode; the methods give reverse mode their own rules.
+
+    Under ``jax.shard_map`` each device stops when its own matrices have converged (the
+    ``jnp.any`` is over the local batch); under plain ``jit`` with a batch sharded
+    over devices it is an all-reduce per step.
+
+    Returns:
+        The final ``state``.
+    """
+
+    def keep_going(carry):
+        k, _, active = carry
+        return (k < stop) & jnp.any(active)
+
+    def body(carry):
+        k, state, active = carry
+        new, still = step(k, state)
+        return k + 1, _freeze(active, new, state), active & still
+
+    _, state, _ = lax.while_loop(keep_going, body, (start, state, active))
+    return state

@@ -1,14 +1,15 @@
-"""Trace-time checks of shapes, dtypes and static knobs, with messages that name them."""
+"""Trace-time checks of arrays and static knobs.
+
+Every check takes the public function's name first and raises with one message format,
+``"{func}: {name} must ..., got {value!r}"``, so a mistake is reported where the user
+made it, never as an XLA traceback from deep inside an iteration.
+"""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
-from jaxsqrtm._matrix import NORMALIZATIONS
-
-__all__ = ["NORMALIZATIONS"]
 
 _PRECISIONS = {
     "default": lax.Precision.DEFAULT,
@@ -17,58 +18,75 @@ _PRECISIONS = {
 }
 
 
-def check_matrices(a, func: str, arg: str = "a"):
+def check_matrices(func: str, a, name: str = "a"):
     """Return ``a`` as a JAX array of real floating square matrices ``(..., n, n)``."""
     if not hasattr(a, "shape") or not hasattr(a, "dtype"):
         a = np.asarray(a)
     dtype = np.dtype(a.dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(
-            f"{func}: {arg} must be real (symmetric matrices); got complex dtype {dtype}"
+            f"{func}: {name} must be real (symmetric matrices), got complex dtype {dtype}"
         )
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
-            f"{func}: {arg} must have a floating dtype (float16, bfloat16, float32, float64); "
-            f"got {dtype}"
+            f"{func}: {name} must have a floating dtype (float16, bfloat16, float32, "
+            f"float64), got {dtype}"
         )
     if a.ndim < 2:
         raise ValueError(
-            f"{func}: {arg} must have shape (..., n, n) with at least 2 dimensions; "
+            f"{func}: {name} must have shape (..., n, n) with at least 2 dimensions, "
             f"got shape {tuple(a.shape)}"
         )
     if a.shape[-1] != a.shape[-2]:
         raise ValueError(
-            f"{func}: {arg} must be square in its last two dimensions; got shape {tuple(a.shape)}"
+            f"{func}: {name} must be square in its last two dimensions, got shape {tuple(a.shape)}"
         )
     return jnp.asarray(a)
 
 
-def check_count(value, name: str, *, minimum: int = 1) -> int:
+def check_count(func: str, name: str, value, *, minimum: int = 1) -> int:
     """A static integer knob (degree, iteration count)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(
-            f"{name} must be a Python int, got {value!r} of type {type(value).__name__}"
+            f"{func}: {name} must be a Python int, got {value!r} of type {type(value).__name__}"
         )
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{func}: {name} must be >= {minimum}, got {value}")
     return int(value)
 
 
-def check_choice(value, name: str, choices):
+def check_choice(func: str, name: str, value, choices):
     """A static string knob."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+        raise ValueError(f"{func}: {name} must be one of {tuple(choices)}, got {value!r}")
     return value
 
 
-def check_precision(precision) -> lax.Precision:
+def check_bool(func: str, name: str, value) -> bool:
+    """A static flag."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{func}: {name} must be a bool, got {value!r}")
+    return value
+
+
+def check_fraction(func: str, name: str, value) -> float:
+    """A static real number in ``[0, 1)`` (a ridge relative to the scale)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"{func}: {name} must be a Python float, got {value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"{func}: {name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_precision(func: str, precision) -> lax.Precision:
     """``"default" | "high" | "highest"`` or a :class:`jax.lax.Precision`."""
     if isinstance(precision, lax.Precision):
         return precision
     if isinstance(precision, str) and precision.lower() in _PRECISIONS:
         return _PRECISIONS[precision.lower()]
     raise ValueError(
-        f"precision must be one of {tuple(_PRECISIONS)} or a jax.lax.Precision, got {precision!r}"
+        f"{func}: precision must be one of {tuple(_PRECISIONS)} or a jax.lax.Precision, "
+        f"got {precision!r}"
     )
 
 

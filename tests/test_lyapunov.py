@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import jaxsqrtm
-from jaxsqrtm import _lyapunov, _methods, testing
+from jaxsqrtm import _lyapunov, testing
+from jaxsqrtm._methods import accurate
 
 
 def exact_solution(s, g):
@@ -46,7 +47,7 @@ def test_replayed_steps_solve_the_square_roots_equation():
     float64 round-off, each matrix of a batch with its own step count."""
     a = np.stack([testing.spd_matrix(16, kappa, seed=8) for kappa in (10.0, 1e4)])
     a_hat = jnp.asarray(a / np.linalg.eigvalsh(a).max(axis=-1)[:, None, None])
-    *_, iterations, alphas = _methods.scaled_newton_schulz_roots(
+    *_, iterations, alphas = accurate.scaled_newton_schulz_roots(
         a_hat, max_iters=40, precision=jax.lax.Precision.HIGHEST
     )
     assert iterations[0] < iterations[1]  # measured 6 and 10
@@ -78,12 +79,22 @@ def test_float32_stays_float32_and_zero_s_gives_zero():
     np.testing.assert_allclose(x[1], 0.5, rtol=1e-6)
 
 
-def test_differentiable():
+@pytest.mark.parametrize(
+    ("num_iters", "symmetric_rhs"), [(30, False), (30, True), (None, False), (None, True)]
+)
+def test_differentiable_in_every_mode(num_iters, symmetric_rhs):
+    """X is differentiated as the solution of S X + X S = G (implicitly), in S and G, in
+    forward and reverse mode and to second order; the iterations are converged here, so
+    finite differences of the computed X agree."""
     s = jnp.asarray(testing.spd_matrix(5, 3.0, seed=7))
     g = jnp.asarray(np.random.default_rng(8).standard_normal((5, 5)))
-    jax.test_util.check_grads(
-        lambda s, g: jaxsqrtm.solve_lyapunov(s, g, num_iters=6), (s, g), order=1, modes=["rev"]
-    )
+    if symmetric_rhs:
+        g = g + g.T
+
+    def solve(s, g):
+        return jaxsqrtm.solve_lyapunov(s, g, num_iters=num_iters, symmetric_rhs=symmetric_rhs)
+
+    jax.test_util.check_grads(solve, (s, g), order=2, modes=["fwd", "rev"])
 
 
 @pytest.mark.parametrize(
