@@ -31,7 +31,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxsqrtm import _lyapunov, _sign, _validation
@@ -230,7 +229,7 @@ def _accurate_jvp(config, primals, tangents):
         root=d_root,
         inverse_root=d_inverse_root,
         alphas=jnp.zeros_like(result.alphas),
-        iterations=np.zeros(result.iterations.shape, jax.dtypes.float0),
+        iterations=jnp.zeros_like(result.iterations, dtype=jax.dtypes.float0),
     )
 
 
