@@ -85,9 +85,10 @@ def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
     alpha = _sign.cubic_scale(dev, floor)
     y = 0.5 * alpha[..., None, None] * (3 * a_hat - alpha[..., None, None] ** 2 * a_hat2)
     z = 0.5 * alpha[..., None, None] * (3 * eye_like(a_hat) - alpha[..., None, None] ** 2 * a_hat)
-    # Built from the data, so that under shard_map they vary over the mesh like it.
+    # Built from the data, so that they vary over a shard_map mesh and keep an explicit
+    # sharding like it.
     iterations = jnp.ones_like(dev, dtype=jnp.int32)
-    alphas = jnp.zeros_like(dev, shape=(*dev.shape, max_iters)).at[..., 0].set(alpha)
+    alphas = jnp.where(jnp.arange(max_iters) == 0, alpha[..., None], 0)
 
     def step(k, state):
         y, z, v, iterations, alphas = state
