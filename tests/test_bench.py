@@ -1,18 +1,28 @@
 """The benchmark command runs end to end on tiny shapes and writes complete results.
 
-No timing is asserted: only that every figure the JSON promises is there and finite.
+No timing is asserted: only that every figure the JSON promises is there and finite, that
+the quick output fits a screen with its legend, and that BLAS runs on one thread meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import math
+import pathlib
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxsqrtm
 from jaxsqrtm import bench
-from jaxsqrtm.bench import cases, cli, workloads
+from jaxsqrtm.bench import blas, cases, cli, memory, report, workloads
+
+SCREEN_LINES = 50
 
 TINY = [
     "--quick",
@@ -26,20 +36,35 @@ TINY = [
 ]  # fmt: skip
 
 
+@dataclasses.dataclass
+class TinyRun:
+    """What one run of ``main`` wrote and printed, and the BLAS thread counts around it."""
+
+    result: dict
+    printed: str
+    plot_dir: pathlib.Path
+    markdown_path: pathlib.Path
+    blas_before: list | None
+    blas_after: list | None
+
+
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory) -> TinyRun:
     """One run of ``main`` on a single 2 x 8 x 8 group serving both sweeps."""
     out = tmp_path_factory.mktemp("bench")
     json_path, plot_dir, markdown_path = out / "bench.json", out / "plots", out / "bench.md"
-    code = bench.main(
-        [*TINY, "--json", str(json_path), "--plot", str(plot_dir), "--markdown", str(markdown_path)]
-    )
-    assert code == 0
-    return json.loads(json_path.read_text()), plot_dir, markdown_path
+    outputs = ["--json", str(json_path), "--plot", str(plot_dir), "--markdown", str(markdown_path)]
+    blas.load_lapack()
+    before = blas.libraries()
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert bench.main([*TINY, *outputs]) == 0
+    result = json.loads(json_path.read_text())
+    return TinyRun(result, stdout.getvalue(), plot_dir, markdown_path, before, blas.libraries())
 
 
 def test_json_records_device_versions_and_settings(tiny_run):
-    result, _, _ = tiny_run
+    result = tiny_run.result
     assert result["device"]["platform"]
     assert result["device"]["cpu_count"] >= 1
     assert result["versions"]["jax"]
@@ -54,7 +79,7 @@ def test_json_records_device_versions_and_settings(tiny_run):
 
 
 def test_every_method_and_function_has_a_row(tiny_run):
-    result, _, _ = tiny_run
+    result = tiny_run.result
     pairs = {(r["function"], r["method"]) for r in result["rows"]}
     for method in jaxsqrtm.METHODS:
         assert ("sqrtm", method) in pairs
@@ -62,7 +87,7 @@ def test_every_method_and_function_has_a_row(tiny_run):
 
 
 def test_rows_carry_shape_times_roofline_and_finite_errors(tiny_run):
-    result, _, _ = tiny_run
+    result = tiny_run.result
     assert result["rows"]
     for row in result["rows"]:
         assert row["shape"] == [2, 8, 8]
@@ -91,7 +116,7 @@ def test_rows_carry_shape_times_roofline_and_finite_errors(tiny_run):
 
 
 def test_summary_and_products(tiny_run):
-    result, _, _ = tiny_run
+    result = tiny_run.result
     assert [(p["batch"], p["n"]) for p in result["products"]] == [(2, 8)]
     summary = result["summary"]
     assert summary["roofline_target"] == 1.3
@@ -108,14 +133,86 @@ def test_summary_and_products(tiny_run):
 
 
 def test_plots_and_markdown_are_written(tiny_run):
-    _, plot_dir, markdown_path = tiny_run
-    names = {p.name: p.stat().st_size for p in plot_dir.glob("*.png")}
+    names = {p.name: p.stat().st_size for p in tiny_run.plot_dir.glob("*.png")}
     assert set(names) == {"time_vs_batch.png", "time_vs_size.png", "error_vs_size.png"}
     assert all(size > 1000 for size in names.values())
-    text = markdown_path.read_text()
-    assert "Time against batch size" in text
-    assert "auto / mpa fwd+bwd" in text
-    assert "Relative error against float64" in text
+    assert tiny_run.markdown_path.read_text().strip() == tiny_run.printed.strip()
+    full = bench.markdown(tiny_run.result)
+    for title in ("Time against batch size", "auto / mpa fwd+bwd", "Relative error against"):
+        assert title in full
+    assert report.MEMORY_TITLE in full
+
+
+def test_quick_output_is_one_table_with_legend_and_targets(tiny_run):
+    text = tiny_run.printed
+    assert len(text.splitlines()) <= SCREEN_LINES
+    assert "Legend:" in text
+    for entry in report.LEGEND.values():
+        assert entry.split(":")[0] in text
+    assert "**Targets**" in text
+    assert "Time and error per shape" in text
+    assert "Time against batch size" not in text  # the per-figure tables are in the full run
+
+
+def test_quick_preset_output_fits_a_screen(tiny_run):
+    """The quick preset's three shapes, every method and both functions: one screen."""
+    result = tiny_run.result
+    shapes = [(g.batch, g.n) for g in workloads.plan_groups(workloads.quick_settings())]
+    assert len(shapes) == 3
+    rows = [
+        {**row, "batch": b, "n": n, "shape": [b, n, n]} for b, n in shapes for row in result["rows"]
+    ]
+    quick = {**result, "rows": rows, "summary": report.summary(rows)}
+    text = bench.markdown(quick, compact=True)
+    assert len(text.splitlines()) <= SCREEN_LINES
+    assert all(f"{b}x{n}x{n}" in text for b, n in shapes)
+
+
+def test_blas_runs_on_one_thread_during_the_run_only(tiny_run):
+    pytest.importorskip("threadpoolctl")
+    libraries = tiny_run.result["environment"]["blas"]
+    assert libraries
+    assert all(library["threads"] == 1 for library in libraries)
+    assert "BLAS threads: 1 (" in tiny_run.printed
+    assert tiny_run.blas_after == tiny_run.blas_before
+
+
+def test_memory_of_every_case_and_residuals_of_reverse_mode(tiny_run):
+    result = tiny_run.result
+    for row in result["rows"]:
+        for mode in ("forward", "forward_backward"):
+            if row[mode] is None:
+                continue
+            compiled = row[mode]["memory"]
+            assert set(compiled) == set(memory.COMPILED_FIELDS)
+            assert compiled["argument_bytes"] >= 4 * math.prod(row["shape"])
+            assert compiled["output_bytes"] >= 4 * math.prod(row["shape"])
+            assert compiled["temp_bytes"] >= 0
+        if row["forward_backward"] is not None:
+            assert row["forward_backward"]["residual_bytes"] > 0
+            assert "residual_bytes" not in row["forward"]
+
+
+@pytest.mark.parametrize("method", ["mpa", "ns"])
+def test_residual_bytes_are_those_jax_vjp_keeps(method):
+    a = jnp.asarray(np.eye(4) + 0.1 * np.ones((4, 4)), jnp.float32)
+
+    def root(x):
+        return jaxsqrtm.sqrtm(x, method=method)
+
+    _, pullback = jax.vjp(root, a)
+    kept = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(pullback))
+    assert memory.residual_bytes(root, a) == kept
+
+
+def test_blas_description_says_whether_threads_are_limited():
+    one = [{"library": "openblas", "path": "/x/scipy.libs/libopenblas.so", "threads": 1}]
+    two = [{**one[0], "threads": 2}]
+    assert blas.describe(one, None).startswith("BLAS threads: 1 (openblas (scipy.libs))")
+    assert "NOT limited (openblas (scipy.libs): 2)" in blas.describe(two, None)
+    assert blas.describe(None, "1").startswith("BLAS threads: 1 (OPENBLAS_NUM_THREADS=1)")
+    assert "threadpoolctl not installed" in blas.describe(None, None)
+    assert "no BLAS library found" in blas.describe([], "4")
 
 
 def test_quick_preset_takes_overrides():

@@ -3,13 +3,15 @@
 Run ``python -m jaxsqrtm.bench --help``. From Python::
 
     from jaxsqrtm import bench
+    from jaxsqrtm.bench import blas
 
-    result = bench.run_benchmark(bench.quick_settings(sizes=(16, 32)))
-    print(bench.markdown(result))
+    with blas.one_thread():  # LAPACK's threads must not compete with XLA's
+        result = bench.run_benchmark(bench.quick_settings(sizes=(16, 32)))
+    print(bench.markdown(result, compact=True))
 
-Timing needs only JAX and NumPy; the progress bar uses ``tqdm`` when installed, the
-figures need ``matplotlib`` and the decorrelated-BN input ``scikit-learn`` (the ``demo``
-extra).
+Timing needs only JAX and NumPy; holding BLAS to one thread needs ``threadpoolctl``,
+the progress bar uses ``tqdm`` when installed, the figures need ``matplotlib`` and the
+decorrelated-BN input ``scikit-learn`` (all in the ``demo`` extra).
 """
 
 from jaxsqrtm.bench.cli import main

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import pathlib
 import sys
 
 from jaxsqrtm import testing
-from jaxsqrtm.bench import cases, report, runner, workloads
+from jaxsqrtm.bench import blas, cases, report, runner, workloads
 
 DESCRIPTION = """\
 Time and accuracy of jaxsqrtm's matrix square roots against batch size and matrix size,
 at the application shapes, next to eigh and jax.scipy.linalg.sqrtm: forward and
 forward+backward medians over interleaved repeats, compile time, a roofline ratio
-(time / (products x time of one batched product)) and the relative error against a
-float64 reference. Prints Markdown tables to stdout."""
-
-
-BLAS_HINT = (
-    "note: OPENBLAS_NUM_THREADS is not set. The LAPACK calls behind eigh, the MPA solve and "
-    "jax.scipy.linalg.sqrtm run on OpenBLAS threads that compete with XLA's; on a busy CPU "
-    "this can slow them by orders of magnitude. Set OPENBLAS_NUM_THREADS=1 for stable figures."
-)
+(time / (products x time of one batched product)), the relative error against a float64
+reference and the memory of reverse mode. BLAS libraries are held to one thread during
+the run (threadpoolctl), so that LAPACK does not compete with XLA for the cores. Prints
+Markdown tables to stdout (with --quick, one screen); --json keeps every figure."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -44,7 +38,8 @@ def _names(choices):
 def parser() -> argparse.ArgumentParser:
     """The argument parser; every option left out keeps the preset's value."""
     p = argparse.ArgumentParser(prog="python -m jaxsqrtm.bench", description=DESCRIPTION)
-    p.add_argument("--quick", action="store_true", help="a subset that takes < 2 min on 2 cores")
+    quick_help = "3 shapes, < 2 min on 2 cores, one screen of output"
+    p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--json", type=pathlib.Path, help="write every figure and setting here")
     p.add_argument("--plot", type=pathlib.Path, help="write PNG figures into this directory")
     p.add_argument("--markdown", type=pathlib.Path, help="also write the tables to this file")
@@ -91,10 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     if min(settings.repeats, settings.warmup, settings.min_repeats) < 1:
         parser().error("--repeats, --warmup and --min-repeats must be at least 1")
-    if "OPENBLAS_NUM_THREADS" not in os.environ:
-        print(BLAS_HINT, file=sys.stderr)
-    result = runner.run_benchmark(settings, progress=not args.no_progress)
-    text = report.markdown(result)
+    with blas.one_thread():
+        result = runner.run_benchmark(settings, progress=not args.no_progress)
+    text = report.markdown(result, compact=args.quick)
     print(text)
     if args.markdown:
         args.markdown.write_text(text, encoding="utf-8")

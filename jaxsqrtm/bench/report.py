@@ -1,11 +1,14 @@
-"""Summaries and Markdown tables of benchmark results (plain data in, text out)."""
+"""Summaries, legend and Markdown tables of benchmark results (plain data in, text out)."""
 
 from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Callable
 
+from jaxsqrtm.bench import blas
+from jaxsqrtm.bench.cases import STOCK
 from jaxsqrtm.bench.workloads import TARGET_SHAPES
 
 ROOFLINE_METHODS = ("mpa", "mtp", "ns")
@@ -14,6 +17,18 @@ ROOFLINE_MIN_N = 64
 EIGH_RATIO_TARGET = 1.0
 AUTO_RATIO_TARGET = 1.5  # "auto" / "mpa" forward+backward at condition number <= 1e2
 MISSING = "–"
+WIDTH = 100  # of the wrapped paragraphs
+METHOD_LABELS = {STOCK: "stock"}
+LEGEND = {
+    "ms": "ms: median milliseconds, forward / forward+backward (jax.vjp, fixed random cotangent).",
+    "error": "error: relative Frobenius error against float64 eigh, worst of the batch: forward / "
+    "gradient.",
+    "roofline": "roofline: time / (its matrix products x time of one batched product); 1 = ideal.",
+    "methods": "mpa, mtp, ns: the paper's rough settings (errors of 1e-2 to 1 expected); auto: "
+    "accurate default.",
+    "eigh": "eigh: eigendecomposition, the accurate baseline.",
+    "stock": "stock: jax.scipy.linalg.sqrtm (Schur), forward only.",
+}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -52,14 +67,19 @@ def _where(row: dict) -> dict:
     return {key: row[key] for key in keys}
 
 
-def _worst(entries: list[dict], key: str) -> dict:
-    """The largest ``entry[key]`` per method and function."""
-    worst: dict[str, float] = {}
+def _worst(entries: list[dict], key: str) -> dict[str, float]:
+    """The largest ``entry[key]`` per method and function (``"mpa/sqrtm"``)."""
+    return _largest(entries, key, lambda entry: f"{entry['method']}/{entry['function']}")
+
+
+def _largest(entries: list[dict], key: str, group: Callable[[dict], str]) -> dict[str, float]:
+    """The largest ``entry[key]`` per ``group(entry)``, over the entries that have one."""
+    largest: dict[str, float] = {}
     for entry in entries:
-        name, value = f"{entry['method']}/{entry['function']}", entry[key]
-        if value is not None and value > worst.get(name, -math.inf):
-            worst[name] = value
-    return worst
+        name, value = group(entry), entry[key]
+        if value is not None and value > largest.get(name, -math.inf):
+            largest[name] = value
+    return largest
 
 
 def _ratio(row: dict, mode: str, key: str = "roofline") -> float | None:
@@ -117,10 +137,11 @@ def _finite(value):
 
 
 def milliseconds(seconds: float | None) -> str:
+    """Milliseconds to three significant digits (``"0.400"``, ``"12.0"``), whole from 100."""
     if seconds is None:
         return MISSING
     ms = seconds * 1e3
-    return f"{ms:.3g}" if ms < 1000 else f"{ms:.0f}"
+    return f"{ms:#.3g}".rstrip(".") if ms < 100 else f"{ms:.0f}"
 
 
 def ratio_text(value: float | None) -> str:
@@ -134,10 +155,47 @@ def error_text(value: float | None) -> str:
 
 
 def table(header: list[str], body: list[list[str]]) -> str:
-    """A Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
+    """A Markdown table, its columns padded to a common width so the text reads as one."""
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(cells) for cells in body)])
+
+
+def method_label(method: str) -> str:
+    """A method's name in tables: ``"stock"`` for ``jax.scipy.linalg.sqrtm``."""
+    return METHOD_LABELS.get(method, method)
+
+
+def paragraph(text: str) -> str:
+    """``text`` wrapped to :data:`WIDTH` columns."""
+    return textwrap.fill(text, WIDTH, break_on_hyphens=False)
+
+
+def legend(keys) -> str:
+    """The entries ``keys`` of :data:`LEGEND` as a Markdown list."""
+    items = (
+        textwrap.fill(LEGEND[key], WIDTH, initial_indent="- ", subsequent_indent="  ")
+        for key in keys
+    )
+    return "Legend:\n" + "\n".join(items)
+
+
+def device_text(device: dict) -> str:
+    """``"CPU: AMD EPYC, 2 cores"``, or the accelerator and its host."""
+    host = f"{device['cpu_model']}, {device['cpu_count']} cores"
+    if device["platform"] == "cpu":
+        return f"CPU: {host}"
+    return f"{device['platform'].upper()}: {device['device_kind']} (host {host})"
+
+
+def blas_text(environment: dict) -> str:
+    """:func:`jaxsqrtm.bench.blas.describe` of a run's recorded environment."""
+    variable = environment.get("threads", {}).get(blas.VARIABLE)
+    return blas.describe(environment.get("blas"), variable)
 
 
 def label_of(row: dict, kind: str) -> str | None:
@@ -165,10 +223,11 @@ def pivot(
         lines.setdefault(name, {})[row["method"]] = cell(row)
     columns = [m for m in methods if any(m in line for line in lines.values())]
     body = [[name] + [line.get(m, MISSING) for m in columns] for name, line in lines.items()]
-    return table([row_title, *columns], body)
+    return table([row_title, *map(method_label, columns)], body)
 
 
-def _both_times(row: dict) -> str:
+def times_cell(row: dict) -> str:
+    """``"forward / forward+backward"`` medians in ms."""
     fwd, both = _seconds(row, "forward"), _seconds(row, "forward_backward")
     return f"{milliseconds(fwd)} / {milliseconds(both)}"
 
@@ -177,9 +236,23 @@ def _both_rooflines(row: dict) -> str:
     return f"{ratio_text(_ratio(row, 'forward'))} / {ratio_text(_ratio(row, 'forward_backward'))}"
 
 
-def _both_errors(row: dict) -> str:
+def errors_cell(row: dict) -> str:
+    """``"forward / gradient"`` relative errors."""
     error = row["error"]
     return f"{error_text(error['forward'])} / {error_text(error['gradient'])}"
+
+
+def kibibytes(count: int | None) -> str:
+    """``count`` bytes in KiB, to three significant digits."""
+    return MISSING if count is None else f"{count / 1024:.3g}"
+
+
+def _memory_cell(row: dict) -> str:
+    both = row.get("forward_backward")
+    if both is None:
+        return MISSING
+    temp = (both.get("memory") or {}).get("temp_bytes")
+    return f"{kibibytes(both.get('residual_bytes'))} / {kibibytes(temp)}"
 
 
 def _both_compiles(row: dict) -> str:
@@ -187,51 +260,159 @@ def _both_compiles(row: dict) -> str:
     return " / ".join(MISSING if t is None else f"{t:.2f}" for t in times)
 
 
+MEMORY_TITLE = "Reverse-mode memory, KiB (jax.vjp residuals / compiled forward+backward temp)"
 SECTIONS = (
-    ("batch", "Time against batch size, ms (forward / forward+backward)", _both_times),
-    ("size", "Time against matrix size, ms (forward / forward+backward)", _both_times),
-    ("target", "Time at the paper's CPU shapes, ms (forward / forward+backward)", _both_times),
-    ("application", "Application shapes, ms (forward / forward+backward)", _both_times),
+    ("batch", "Time against batch size, ms (forward / forward+backward)", times_cell),
+    ("size", "Time against matrix size, ms (forward / forward+backward)", times_cell),
+    ("target", "Time at the paper's CPU shapes, ms (forward / forward+backward)", times_cell),
+    ("application", "Application shapes, ms (forward / forward+backward)", times_cell),
     ("batch", "Roofline ratio against batch size (forward / forward+backward)", _both_rooflines),
     ("size", "Roofline ratio against matrix size (forward / forward+backward)", _both_rooflines),
     ("application", "Roofline ratio, application shapes", _both_rooflines),
-    ("size", "Relative error against float64, by size (forward / gradient)", _both_errors),
-    ("application", "Relative error, application shapes (forward / gradient)", _both_errors),
+    ("size", "Relative error against float64, by size (forward / gradient)", errors_cell),
+    ("application", "Relative error, application shapes (forward / gradient)", errors_cell),
+    ("size", MEMORY_TITLE + ", by size", _memory_cell),
+    ("application", MEMORY_TITLE + ", application shapes", _memory_cell),
     ("size", "Compile time, s (forward / forward+backward)", _both_compiles),
 )
 
 
-def markdown(result: dict) -> str:
-    """Every table of a run, as Markdown: targets first, then one table per figure."""
-    device, versions, settings = result["device"], result["versions"], result["settings"]
-    methods = list(settings["methods"])
+def markdown(result: dict, *, compact: bool = False) -> str:
+    """A run as Markdown: header, legend and targets, then the tables.
+
+    Args:
+        result: :func:`jaxsqrtm.bench.run_benchmark`'s output (or its JSON, loaded).
+        compact: one table of every shape and method (fits a screen for the ``--quick``
+            preset) instead of one table per figure and the targets in detail.
+    """
+    settings = result["settings"]
+    heading = f"# jaxsqrtm {result['versions']['jaxsqrtm']} benchmark"
     parts = [
-        f"Device: {device['platform']} ({device['cpu_model']}, {device['cpu_count']} cores); "
-        f"JAX {versions['jax']}, jaxlib {versions['jaxlib']}; inputs: SPD matrices with a "
-        f"{settings['spectrum']} spectrum, condition number {settings['kappa']:g}; "
-        f"median of up to {settings['repeats']} interleaved repeats; "
-        f"thread settings {_threads(result)}.",
-        _targets_markdown(result["summary"]),
+        heading + (", quick preset" if compact else ""),
+        header(result),
+        legend(("ms", "error", "roofline", "methods", "eigh", "stock")),
+        targets(result["summary"], settings["functions"]),
     ]
     rows = result["rows"]
+    if compact:
+        caption = "**Time and error per shape** (roofline of forward+backward)"
+        parts.append(caption + "\n\n" + shape_table(rows, settings))
+        return "\n\n".join(parts) + "\n"
+    parts.append(_targets_markdown(result["summary"]))
     for kind, title, cell in SECTIONS:
         for function in settings["functions"]:
             selected = [r for r in rows if r["function"] == function]
             if not any(label_of(r, kind) for r in selected):
                 continue
             parts.append(
-                f"**{title}: `{function}`**\n\n" + pivot(selected, kind, methods, cell, "shape")
+                f"**{title}: `{function}`**\n\n"
+                + pivot(selected, kind, list(settings["methods"]), cell, "shape")
             )
     return "\n\n".join(parts) + "\n"
 
 
-def _threads(result: dict) -> str:
-    threads = result.get("environment", {}).get("threads", {})
-    given = [f"{name}={value}" for name, value in threads.items() if value is not None]
-    return ", ".join(given) if given else "default"
+def header(result: dict) -> str:
+    """Device, versions, BLAS threads and inputs of a run, as one wrapped paragraph."""
+    device, versions, settings = result["device"], result["versions"], result["settings"]
+    environment = result.get("environment", {})
+    load = [environment.get(f"load_average_{when}") for when in ("before", "after")]
+    load_text = f", load {load[0][0]} to {load[1][0]}" if all(load) else ""
+    dtypes = ", ".join(dict.fromkeys(row["dtype"] for row in result["rows"]))
+    return paragraph(
+        f"{device_text(device)}{load_text}; JAX {versions['jax']}, jaxlib {versions['jaxlib']}. "
+        f"{blas_text(environment)} Inputs: {dtypes} SPD matrices with a {settings['spectrum']} "
+        f"spectrum, condition number {settings['kappa']:g}; median of up to "
+        f"{settings['repeats']} interleaved repeats, compile time excluded."
+    )
+
+
+def shape_label(row: dict, with_dtype: bool) -> str:
+    """``"64x64x64"``, with the matrix source unless synthetic and the dtype if asked."""
+    label = "x".join(map(str, row["shape"]))
+    if row["source"] != "synthetic":
+        label += f" {row['source']}"
+    return f"{label} {row['dtype']}" if with_dtype else label
+
+
+def shape_table(rows: list[dict], settings: dict) -> str:
+    """One line per shape and method: per function, times, roofline and errors."""
+    with_dtype = len({row["dtype"] for row in rows}) > 1
+    grouped: dict[str, dict[str, dict[str, dict]]] = {}
+    for row in rows:
+        shape = grouped.setdefault(shape_label(row, with_dtype), {})
+        shape.setdefault(row["method"], {})[row["function"]] = row
+    functions = settings["functions"]
+    header_cells = ["shape", "method"]
+    for function in functions:
+        header_cells += [f"{function} ms", "roofline", "error"]
+    body = []
+    for shape, by_method in grouped.items():
+        methods = [m for m in settings["methods"] if m in by_method]
+        for index, method in enumerate(methods):
+            cells = [shape if index == 0 else "", method_label(method)]
+            for function in functions:
+                cells += _function_cells(by_method[method].get(function))
+            body.append(cells)
+    return table(header_cells, body)
+
+
+def _function_cells(row: dict | None) -> list[str]:
+    if row is None:
+        return [MISSING] * 3
+    return [times_cell(row), ratio_text(_ratio(row, "forward_backward")), errors_cell(row)]
+
+
+def targets(summary_: dict, functions) -> str:
+    """The three targets, worst case per function: median (fastest samples) and a mark."""
+    min_n = summary_["roofline_min_n"]
+    shapes = ", ".join(f"{b}x{n}x{n}" for b, n in TARGET_SHAPES)
+    lines = [
+        (
+            f"roofline ≤ {summary_['roofline_target']}: worst of {', '.join(ROOFLINE_METHODS)} "
+            f"at n ≥ {min_n}",
+            summary_["roofline_target"],
+            _worst_per_function(summary_["roofline"], "forward_backward"),
+            _worst_per_function(summary_["roofline"], "forward_backward_best"),
+        ),
+        (
+            f"mpa / eigh ≤ {summary_['mpa_over_eigh_target']}: worst of {shapes}",
+            summary_["mpa_over_eigh_target"],
+            *_worst_ratios([e for e in summary_["mpa_over_eigh"] if e["target_shape"]]),
+        ),
+        (
+            f"auto / mpa ≤ {summary_['auto_over_mpa_target']}: worst shape",
+            summary_["auto_over_mpa_target"],
+            *_worst_ratios(summary_.get("auto_over_mpa", [])),
+        ),
+    ]
+    body = [
+        [name] + [_target_cell(median.get(f), best.get(f), target) for f in functions]
+        for name, target, median, best in lines
+    ]
+    title = paragraph(
+        "**Targets** (float32, forward+backward; auto / mpa at condition number ≤ 100): the "
+        "worst case's median (fastest samples), ✓ where the median meets the target."
+    )
+    return title + "\n\n" + table(["target", *functions], body)
+
+
+def _worst_per_function(entries: list[dict], key: str) -> dict[str, float]:
+    return _largest(entries, key, lambda entry: entry["function"])
+
+
+def _worst_ratios(entries: list[dict]) -> tuple[dict, dict]:
+    return _worst_per_function(entries, "ratio"), _worst_per_function(entries, "ratio_best")
+
+
+def _target_cell(median: float | None, best: float | None, target: float) -> str:
+    if median is None:
+        return MISSING
+    mark = "✓" if median <= target else "✗"
+    return f"{ratio_text(median)} ({ratio_text(best)}) {mark}"
 
 
 def _targets_markdown(summary_: dict) -> str:
+    """The targets per method and per shape."""
     worst = summary_["worst_forward_backward_roofline"]
     best = summary_["worst_forward_backward_roofline_best"]
     roofline = table(
@@ -256,11 +437,7 @@ def _targets_markdown(summary_: dict) -> str:
             for e in targets
         ],
     )
-    text = (
-        f"**Targets** (float32): roofline ≤ {summary_['roofline_target']} for "
-        f"{', '.join(ROOFLINE_METHODS)}; mpa / eigh ≤ {summary_['mpa_over_eigh_target']}; "
-        f"auto / mpa ≤ {summary_['auto_over_mpa_target']} at condition number ≤ 100.\n\n" + roofline
-    )
+    text = "**Targets in detail**\n\n" + roofline
     if targets:
         text += "\n\n" + versus
     accurate = summary_.get("auto_over_mpa", [])

@@ -21,7 +21,7 @@ import numpy as np
 
 import jaxsqrtm
 from jaxsqrtm import testing
-from jaxsqrtm.bench import cases, report, timing, workloads
+from jaxsqrtm.bench import blas, cases, memory, report, timing, workloads
 
 
 def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dict:
@@ -33,7 +33,8 @@ def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dic
 
     Returns:
         A JSON-ready dict with keys ``created``, ``device``, ``versions``,
-        ``environment`` (thread settings, load averages), ``settings``, ``products`` (one
+        ``environment`` (thread variables, BLAS libraries and their thread counts at the
+        end of the run, load averages), ``settings``, ``products`` (one
         batched product per shape), ``rows``, ``summary`` and ``elapsed_s``.
     """
     start = time.perf_counter()
@@ -57,6 +58,7 @@ def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dic
         "versions": versions(),
         "environment": {
             "threads": thread_settings(),
+            "blas": blas.libraries(),
             "load_average_before": load_before,
             "load_average_after": load_average(),
         },
@@ -81,34 +83,10 @@ def run_group(group: workloads.Group, settings: workloads.Settings, bar) -> tupl
     a64 = workloads.input_matrices(group, settings)
     g64 = workloads.cotangent(group, settings)
     inputs = {d: (jnp.asarray(a64, d), jnp.asarray(g64, d)) for d in group.dtypes}
-
-    chains = {}
-    for dtype in dict.fromkeys(cases.compute_dtype(d) for d in group.dtypes):
-        right = workloads.product_operand(group, settings)
-        operands = (jnp.asarray(a64, dtype), jnp.asarray(right, dtype))
-        chains[dtype] = []
-        for length in cases.chain_lengths(group.batch, group.n):
-            chain = functools.partial(cases.product_chain, length=length)
-            chains[dtype].append(timing.compile_timed(chain, operands))
-            bar.update(1)
-    timed = {}
-    for spec in cases.case_specs(settings.functions, settings.methods, group.dtypes):
-        a, g = inputs[spec.dtype]
-        args = (a,) if spec.mode == "forward" else (a, g)
-        timed[spec] = timing.compile_timed(cases.case_function(spec), args)
-        bar.update(1)
-
-    everything = [*(c for pair in chains.values() for c in pair), *timed.values()]
-    for item in everything:
-        timing.warm_up(item, settings.warmup, settings.min_sample_s)
-    timing.measure_interleaved(
-        everything,
-        repeats=settings.repeats,
-        min_repeats=settings.min_repeats,
-        max_case_s=settings.max_case_s,
-        on_sample=lambda: bar.update(1),
-    )
-    bar.update(sum(settings.repeats - len(item.samples) for item in everything))
+    chains = compile_chains(group, settings, a64, bar)
+    specs = cases.case_specs(settings.functions, settings.methods, group.dtypes)
+    timed = compile_cases(specs, inputs, bar)
+    measure([*(c for pair in chains.values() for c in pair), *timed.values()], settings, bar)
 
     lengths = cases.chain_lengths(group.batch, group.n)
     product_s = {dtype: product_statistics(*pair, lengths) for dtype, pair in chains.items()}
@@ -118,6 +96,60 @@ def run_group(group: workloads.Group, settings: workloads.Settings, bar) -> tupl
     ]
     rows = [make_row(group, key, modes, product_s, inputs) for key, modes in by_root(timed).items()]
     return products, rows
+
+
+def compile_chains(group: workloads.Group, settings: workloads.Settings, a64, bar) -> dict:
+    """``{compute dtype: [short chain, long chain]}``: the product chains, compiled."""
+    chains = {}
+    for dtype in dict.fromkeys(cases.compute_dtype(d) for d in group.dtypes):
+        right = workloads.product_operand(group, settings)
+        operands = (jnp.asarray(a64, dtype), jnp.asarray(right, dtype))
+        chains[dtype] = []
+        for length in cases.chain_lengths(group.batch, group.n):
+            chain = functools.partial(cases.product_chain, length=length)
+            chains[dtype].append(timing.compile_timed(chain, operands))
+            bar.update(1)
+    return chains
+
+
+def compile_cases(specs: list[cases.CaseSpec], inputs: dict, bar=None) -> dict:
+    """``{spec: Timed}``: every case compiled for its inputs.
+
+    Args:
+        specs: the cases (:func:`jaxsqrtm.bench.cases.case_specs`).
+        inputs: ``{dtype: (matrices, cotangent)}``, arrays of that dtype.
+        bar: a progress bar, advanced once per case.
+    """
+    bar = _NoProgress() if bar is None else bar
+    timed = {}
+    for spec in specs:
+        a, g = inputs[spec.dtype]
+        args = (a,) if spec.mode == "forward" else (a, g)
+        timed[spec] = timing.compile_timed(cases.case_function(spec), args)
+        bar.update(1)
+    return timed
+
+
+def measure(items: list[timing.Timed], settings: workloads.Settings, bar=None) -> None:
+    """Warm up every item, then time them in interleaved rounds (``settings``' knobs).
+
+    Args:
+        items: compiled cases; their samples are appended in place.
+        settings: ``warmup``, ``min_sample_s``, ``repeats``, ``min_repeats`` and
+            ``max_case_s`` are used.
+        bar: a progress bar, advanced once per sample (and for the samples skipped).
+    """
+    bar = _NoProgress() if bar is None else bar
+    for item in items:
+        timing.warm_up(item, settings.warmup, settings.min_sample_s)
+    timing.measure_interleaved(
+        items,
+        repeats=settings.repeats,
+        min_repeats=settings.min_repeats,
+        max_case_s=settings.max_case_s,
+        on_sample=lambda: bar.update(1),
+    )
+    bar.update(sum(settings.repeats - len(item.samples) for item in items))
 
 
 def by_root(timed: dict) -> dict:
@@ -153,7 +185,12 @@ def product_statistics(short: timing.Timed, long: timing.Timed, lengths: tuple) 
 
 
 def make_row(group, key, modes, product_s, inputs) -> dict:
-    """One table row: timings per mode with their roofline ratio, and the errors."""
+    """One table row: timings per mode with their roofline ratio and memory, and the errors.
+
+    Every mode records the compiled program's memory (``memory``: temp, argument, output
+    bytes, ...); forward+backward also the bytes of the residuals ``jax.vjp`` keeps
+    (``residual_bytes``).
+    """
     function, method, dtype = key
     product = product_s[cases.compute_dtype(dtype)]
     row = {
@@ -180,7 +217,11 @@ def make_row(group, key, modes, product_s, inputs) -> dict:
             "matmuls": count,
             "roofline": stats["median_s"] / (count * product["median_s"]) if count else None,
             "roofline_best": stats["min_s"] / (count * product["best_s"]) if count else None,
+            "memory": memory.compiled_memory(item.compiled),
         }
+    if row["forward_backward"] is not None:
+        root = cases.root_function(function, method)
+        row["forward_backward"]["residual_bytes"] = memory.residual_bytes(root, inputs[dtype][0])
     row["error"] = errors(function, modes, *inputs[dtype])
     return row
 
