@@ -164,7 +164,8 @@ def test_paper_configuration_matches_float64_formula(method, inverse):
 
 
 def lyapunov_recurrence_oracle(s, g, num_iters, scale):
-    """The backward's sign iteration run on eigenvalues in float64 (DESIGN 2.3).
+    """The backward's Newton–Schulz sign iteration on the block matrix ``[[B, C], [0, -B]]``
+    run on eigenvalues in float64.
 
     In the eigenbasis of ``S`` each entry contracts as
     ``C_ij <- C_ij (3 - b_i^2 - b_j^2 + b_i b_j) / 2`` while ``b <- (3b - b^3) / 2``.

@@ -1,4 +1,12 @@
-"""DESIGN §5: bad arguments raise at trace time; bad values have documented outcomes."""
+"""Hard inputs every public function must survive.
+
+Bad arguments (non-square or rank-1 arrays, integer, boolean or complex dtypes, unknown
+or misplaced knobs) raise ``TypeError``/``ValueError`` at trace time, naming the shape or
+value. Bad values, which cannot be checked under ``jit``, have documented outcomes: NaN
+or Inf entries give NaN, a zero matrix gives a zero root and gradient, repeated and zero
+eigenvalues, scales from 1e-30 to 1e30, a tiny matrix batched with a huge one, n = 1 and
+an empty batch all give finite, per-matrix results.
+"""
 
 import jax
 import jax.numpy as jnp
