@@ -239,9 +239,10 @@ def _root_tangents(result: Accurate, da, d_scale, config):
     """Tangents of ``out``, ``root`` and ``inverse_root``; recomputed in reverse mode, so
     that only ``result``'s arrays are kept."""
     precision = config.precision
-    nonzero = (result.scale != 0)[..., None, None]
-    c = jnp.where(nonzero, result.scale[..., None, None], 1)
-    dc = d_scale[..., None, None]
+    # 1 / c per matrix, 0 for a zero matrix (whose derivatives are set to 0)
+    scale = result.scale[..., None, None]
+    inv_c = jnp.where(scale != 0, 1 / jnp.where(scale != 0, scale, 1), 0)
+    half_dc = 0.5 * d_scale[..., None, None] * inv_c
 
     def solve(rhs):
         return _lyapunov.replayed_sign_lyapunov(
@@ -249,17 +250,13 @@ def _root_tangents(result: Accurate, da, d_scale, config):
         )
 
     x = _lyapunov.lyapunov_inverse(result.root, da, solve, precision=precision)
-    d_root = x / c - result.root * dc / (2 * c)
-    if config.inverse:
-        p = result.inverse_root
-        pxp = mm(mm(p, x, precision), p, precision)
-        d_out = -pxp / c**1.5
-        d_inverse_root = -pxp / c + p * dc / (2 * c)
-    else:
-        d_out, d_inverse_root = x / jnp.sqrt(c), None
-    if d_inverse_root is not None:
-        d_inverse_root = jnp.where(nonzero, d_inverse_root, 0)
-    return jnp.where(nonzero, d_out, 0), jnp.where(nonzero, d_root, 0), d_inverse_root
+    d_root = x * inv_c - result.root * half_dc
+    if not config.inverse:
+        return x * jnp.sqrt(inv_c), d_root, None
+    p = result.inverse_root
+    pxp = mm(mm(p, x, precision), p, precision)
+    d_inverse_root = p * half_dc - pxp * inv_c
+    return pxp * -(inv_c * jnp.sqrt(inv_c)), d_root, d_inverse_root
 
 
 def _root(a, config: Config) -> Root:
