@@ -53,7 +53,7 @@ def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dic
     finally:
         bar.close()
     return {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": device_info(),
         "versions": versions(),
         "environment": {
