@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxsqrtm import _sign, _validation
-from jaxsqrtm._matrix import NORMALIZATIONS, matrix_scale, mm, power_start, symmetrize
+from jaxsqrtm._matrix import BOUNDS, NORMALIZATIONS, matrix_scale, mm, power_start, symmetrize
 
 
 def _block_sign_step(b, c, b2, *, precision):
@@ -296,12 +296,9 @@ def solve_lyapunov(
         num_iters = _validation.check_count(func, "num_iters", num_iters, minimum=0)
     if normalization is None:
         normalization = "frobenius" if num_iters is not None else "spectral_bound"
-    normalization = _validation.check_choice(func, "normalization", normalization, NORMALIZATIONS)
-    if num_iters is None and normalization == "spectral":
-        raise ValueError(
-            f"{func}: normalization must bound the spectrum with num_iters=None; "
-            "'spectral' is an estimate that can undershoot"
-        )
+    # Iterating to convergence needs a scale that bounds the spectrum.
+    choices = NORMALIZATIONS if num_iters is not None else BOUNDS
+    normalization = _validation.check_choice(func, "normalization", normalization, choices)
     precision = _validation.check_precision(func, precision)
     symmetric_rhs = _validation.check_bool(func, "symmetric_rhs", symmetric_rhs)
     return _solve_lyapunov(s, g, num_iters, normalization, symmetric_rhs, precision)

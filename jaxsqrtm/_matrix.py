@@ -13,6 +13,9 @@ import jax.numpy as jnp
 from jax import lax
 
 NORMALIZATIONS = ("frobenius", "spectral", "spectral_bound", "trace")
+# The scales that never undershoot the largest eigenvalue, as iterations run to
+# convergence need ("spectral" is an estimate from below).
+BOUNDS = ("frobenius", "spectral_bound", "trace")
 POWER_ITERS = 10
 
 

@@ -105,6 +105,7 @@ def test_differentiable_in_every_mode(num_iters, symmetric_rhs):
         ({"normalization": "max"}, ValueError),
         ({"precision": "fastest"}, ValueError),
         ({"symmetric_rhs": "yes"}, TypeError),
+        ({"num_iters": None, "normalization": "spectral"}, ValueError),  # not a bound
     ],
 )
 def test_bad_knobs(kwargs, error):

@@ -35,11 +35,8 @@ from jax import lax
 
 from jaxsqrtm import _lyapunov, _sign, _validation
 from jaxsqrtm._core import Config, Knob, Method, Root, choice_knob, count_knob
-from jaxsqrtm._matrix import eye_like, matrix_scale, mm, power_start, rescale, symmetrize
+from jaxsqrtm._matrix import BOUNDS, eye_like, matrix_scale, mm, power_start, rescale, symmetrize
 from jaxsqrtm._methods.newton_schulz import coupled_step
-
-# Scales that never undershoot the largest eigenvalue, as the adaptive schedule needs.
-BOUNDS = ("spectral_bound", "frobenius", "trace")
 
 
 def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
