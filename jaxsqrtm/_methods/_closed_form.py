@@ -30,8 +30,34 @@ import jax
 import jax.numpy as jnp
 
 from jaxsqrtm import _lyapunov
-from jaxsqrtm._core import Config, Root
-from jaxsqrtm._matrix import matrix_scale, mm, normalized, rescale, spectral_bound
+from jaxsqrtm._core import Config, Method, Root, choice_knob, count_knob
+from jaxsqrtm._matrix import NORMALIZATIONS, matrix_scale, mm, normalized, rescale, spectral_bound
+
+
+def closed_form_method(name: str, summary: str, *, approximant, cost, degree: int) -> Method:
+    """The table entry of a closed form.
+
+    Args:
+        name, summary: the entry's name and one-line description.
+        approximant: ``(a_hat, *, degree, inverse, precision) -> A_hat^(+-1/2)``.
+        cost: ``degree -> products`` of ``approximant``.
+        degree: the default ``degree`` knob (the paper's).
+
+    Knobs: ``degree``, ``normalization`` (default ``"frobenius"``, the paper's) and
+    ``backward_iters`` (default 8, the paper's).
+    """
+    return Method(
+        name=name,
+        summary=summary,
+        derivative="exact-root Lyapunov rule, backward_iters sign iterations",
+        knobs=(
+            count_knob("degree", degree),
+            choice_knob("normalization", "frobenius", NORMALIZATIONS),
+            count_knob("backward_iters", 8, minimum=0),
+        ),
+        root=functools.partial(closed_form_root, approximant=approximant),
+        cost=functools.partial(closed_form_cost, approximant_cost=cost),
+    )
 
 
 def closed_form_root(a, config: Config, approximant) -> Root:

@@ -8,14 +8,11 @@ Cost: :func:`pade_cost` products and one batched LU solve forward; the Lyapunov 
 
 from __future__ import annotations
 
-import functools
-
 import jax.scipy.linalg
 
 from jaxsqrtm import _coefficients
-from jaxsqrtm._core import Method, choice_knob, count_knob
-from jaxsqrtm._matrix import NORMALIZATIONS, polyval, polyval_cost, symmetrize
-from jaxsqrtm._methods._closed_form import closed_form_cost, closed_form_root
+from jaxsqrtm._matrix import polyval, polyval_cost, symmetrize
+from jaxsqrtm._methods._closed_form import closed_form_method
 
 
 def pade_root(a_hat, *, degree: int, inverse: bool, precision):
@@ -42,15 +39,10 @@ def pade_cost(degree: int) -> int:
     return polyval_cost(degree, num_polys=2)
 
 
-METHOD = Method(
-    name="mpa",
-    summary="matrix Padé approximant Q(A_hat)^-1 P(A_hat) of degree [m/m]",
-    derivative="exact-root Lyapunov rule, backward_iters sign iterations",
-    knobs=(
-        count_knob("degree", 5),
-        choice_knob("normalization", "frobenius", NORMALIZATIONS),
-        count_knob("backward_iters", 8, minimum=0),
-    ),
-    root=functools.partial(closed_form_root, approximant=pade_root),
-    cost=functools.partial(closed_form_cost, approximant_cost=pade_cost),
+METHOD = closed_form_method(
+    "mpa",
+    "matrix Padé approximant Q(A_hat)^-1 P(A_hat) of degree [m/m]",
+    approximant=pade_root,
+    cost=pade_cost,
+    degree=5,
 )

@@ -8,12 +8,9 @@ Cost: :func:`taylor_cost` products forward (Paterson–Stockmeyer); the Lyapunov
 
 from __future__ import annotations
 
-import functools
-
 from jaxsqrtm import _coefficients
-from jaxsqrtm._core import Method, choice_knob, count_knob
-from jaxsqrtm._matrix import NORMALIZATIONS, eye_like, polyval, polyval_cost
-from jaxsqrtm._methods._closed_form import closed_form_cost, closed_form_root
+from jaxsqrtm._matrix import eye_like, polyval, polyval_cost
+from jaxsqrtm._methods._closed_form import closed_form_method
 
 
 def taylor_root(a_hat, *, degree: int, inverse: bool, precision):
@@ -38,15 +35,10 @@ def taylor_cost(degree: int) -> int:
     return polyval_cost(degree)
 
 
-METHOD = Method(
-    name="mtp",
-    summary="matrix Taylor polynomial of degree K in I - A_hat",
-    derivative="exact-root Lyapunov rule, backward_iters sign iterations",
-    knobs=(
-        count_knob("degree", 10),
-        choice_knob("normalization", "frobenius", NORMALIZATIONS),
-        count_knob("backward_iters", 8, minimum=0),
-    ),
-    root=functools.partial(closed_form_root, approximant=taylor_root),
-    cost=functools.partial(closed_form_cost, approximant_cost=taylor_cost),
+METHOD = closed_form_method(
+    "mtp",
+    "matrix Taylor polynomial of degree K in I - A_hat",
+    approximant=taylor_root,
+    cost=taylor_cost,
+    degree=10,
 )
