@@ -160,7 +160,9 @@ def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision):
         )
         return (b_next, c_next), k + 1 < iterations
 
-    b, c = _sign.iterate_per_matrix(step, (b, c), iterations > 0, start=0, stop=last)
+    b, c = _sign.iterate_per_matrix(
+        step, (b, c), iterations > 0, start=0, stop=last, until_all_frozen=False
+    )
     c_last = _symmetric_c_step(b, c, alpha_at(last), precision=precision)
     return 0.5 * jnp.where((iterations > last)[..., None, None], c_last, c)
 

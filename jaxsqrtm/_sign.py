@@ -89,19 +89,22 @@ def _freeze(active, new, old):
     return jax.tree.map(select, new, old)
 
 
-def iterate_per_matrix(step, state, active, *, start, stop):
+def iterate_per_matrix(step, state, active, *, start, stop, until_all_frozen=True):
     """Run ``step`` while some matrix is active; a finished matrix keeps its state.
 
     The one loop of every adaptive iteration: ``(new_state, still_active) =
-    step(k, state)`` for ``k = start, start + 1, ...`` while ``k < stop`` and any
-    ``active``; each leaf of ``state`` has the batch shape ``(...)`` of ``active`` as its
-    leading axes and is frozen where ``active`` is false, so a matrix's result does not
-    depend on how long its neighbours iterate. ``lax.while_loop``: differentiable in
-    forward mode; the methods give reverse mode their own rules.
+    step(k, state)`` for ``k = start, start + 1, ...`` while ``k < stop`` and (with
+    ``until_all_frozen``) any ``active``; each leaf of ``state`` has the batch shape
+    ``(...)`` of ``active`` as its leading axes and is frozen where ``active`` is false,
+    so a matrix's result does not depend on how long its neighbours iterate.
+    ``lax.while_loop``: differentiable in forward mode; the methods give reverse mode
+    their own rules.
 
     Under ``jax.shard_map`` each device stops when its own matrices have converged (the
     ``jnp.any`` is over the local batch); under plain ``jit`` with a batch sharded
-    over devices it is an all-reduce per step.
+    over devices it is an all-reduce per step. A loop whose ``stop`` already is the
+    last step anyone needs (the replayed backward) passes ``until_all_frozen=False``
+    and tests only ``k < stop``.
 
     Returns:
         The final ``state``.
@@ -109,7 +112,7 @@ def iterate_per_matrix(step, state, active, *, start, stop):
 
     def keep_going(carry):
         k, _, active = carry
-        return (k < stop) & jnp.any(active)
+        return (k < stop) & jnp.any(active) if until_all_frozen else k < stop
 
     def body(carry):
         k, state, active = carry

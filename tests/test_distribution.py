@@ -326,23 +326,20 @@ def _lyapunov_checks(mesh) -> dict:
     g = np.random.default_rng(2).standard_normal(s.shape).astype(np.float32)
     ds = (0.01 * (g + np.swapaxes(g, -1, -2))).astype(np.float32)
 
-    def forward_and_derivatives(s, g, ds, f, forward_mode):
-        if forward_mode:
-            return f(s, g), jax.jvp(f, (s, g), (ds, g))[1]
-        return f(s, g), *jax.grad(_sin_sum(f), argnums=(0, 1))(s, g)
+    def forward_and_derivatives(s, g, ds, f):
+        jvp = jax.jvp(f, (s, g), (ds, g))[1]
+        return f(s, g), jvp, *jax.grad(_sin_sum(f), argnums=(0, 1))(s, g)
 
     results = {}
     for num_iters in (8, None):
         with _recorded(case := results.setdefault(str(num_iters), {})):
             solve = functools.partial(jaxsqrtm.solve_lyapunov, num_iters=num_iters)
             sharded = _per_shard(solve, mesh, num_args=2)
-            # num_iters=None loops with lax.while_loop: forward mode only
-            derivatives = functools.partial(forward_and_derivatives, forward_mode=num_iters is None)
-            expected = jax.jit(functools.partial(derivatives, f=solve))(s, g, ds)
-            program = jax.jit(functools.partial(derivatives, f=sharded))
+            expected = jax.jit(functools.partial(forward_and_derivatives, f=solve))(s, g, ds)
+            program = jax.jit(functools.partial(forward_and_derivatives, f=sharded))
             compiled = program.lower(s, g, ds).compile()
             got = compiled(s, g, ds)
-            names = ("forward", "jvp") if num_iters is None else ("forward", "grad_s", "grad_g")
+            names = ("forward", "jvp", "grad_s", "grad_g")
             case["errors"] = {
                 name: testing.relative_error(x, y)
                 for name, x, y in zip(names, got, expected, strict=True)
@@ -656,10 +653,11 @@ def test_shard_map_matches_unsharded(library, method):
 
 @pytest.mark.parametrize("num_iters", ["8", "None"])
 def test_shard_map_solve_lyapunov_matches_unsharded(library, num_iters):
-    """``solve_lyapunov`` under ``shard_map``: the solution and its ``grad`` in ``S`` and
-    ``G`` (``num_iters=8``) or its ``jvp`` (``num_iters=None``, a while loop: forward mode
-    only) equal the unsharded batch; no collective."""
+    """``solve_lyapunov`` under ``shard_map``: the solution, its ``jvp`` and its ``grad`` in
+    ``S`` and ``G`` (both settings: the derivative is the equation's, not the loop's) equal
+    the unsharded batch; no collective."""
     case = _case(library["lyapunov"], num_iters)
+    assert sorted(case["errors"]) == ["forward", "grad_g", "grad_s", "jvp"]
     for name, error in case["errors"].items():
         assert error <= LYAPUNOV_TOL, (name, error)
     assert case["collectives"] == [], case["collectives"]
@@ -715,13 +713,14 @@ def test_plain_jit_of_a_sharded_batch(library, method):
 
     Measured in the compiled HLO of both roots and their gradients: ``"mpa"``,
     ``"mtp"``, ``"ns"`` and ``"eigh"`` have no collective. ``"auto"`` has scalar
-    all-reduces only, none in a loop body: one ``pred[]`` OR in the condition of each of
-    its adaptive loops (6 here: a forward loop per root, and per gradient a forward and a
-    backward loop), the batch-wide "is any matrix still iterating", once per iteration,
-    so every device iterates until the slowest matrix of the whole batch has converged;
-    outside the loops, whether any matrix needs the ridge's second-order term
-    (``pred[]`` OR) and the step count each backward replays (``s32[]`` max), which XLA
-    combines into tuple all-reduces. Figures: ``python tests/test_distribution.py
+    all-reduces only, none in a loop body. It runs 6 loops here: a forward loop per root,
+    and per gradient a forward loop and a backward loop that replays the forward's steps.
+    Each forward loop has one ``pred[]`` OR in its condition, the batch-wide "is any
+    matrix still iterating", once per iteration, so every device iterates until the
+    slowest matrix of the whole batch has converged; the replay loops test only their
+    step counter. Outside the loops: whether any matrix needs the ridge's second-order
+    term (``pred[]`` OR) and the step count each backward replays (``s32[]`` max), which
+    XLA combines into tuple all-reduces. Figures: ``python tests/test_distribution.py
     library``.
     """
     case = _case(library["jit"], method)
@@ -734,8 +733,9 @@ def test_plain_jit_of_a_sharded_batch(library, method):
         assert _is_scalar(collective["shape"]), collective
         assert collective["where"] != "body", collective
     in_conditions = [c["loop"] for c in collectives if c["where"] == "condition"]
-    assert len(case["loops"]) >= 4  # at least one loop per root and per gradient
-    assert sorted(in_conditions) == sorted(case["loops"]), (case["loops"], collectives)
+    assert len(case["loops"]) == 6, case["loops"]
+    assert set(in_conditions) <= set(case["loops"]), (case["loops"], collectives)
+    assert len(set(in_conditions)) == len(in_conditions) == 4, collectives  # forward loops
 
 
 # A train step's outputs against one device with the full batch, as max |difference| /

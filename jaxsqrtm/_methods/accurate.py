@@ -35,7 +35,16 @@ from jax import lax
 
 from jaxsqrtm import _lyapunov, _sign, _validation
 from jaxsqrtm._core import Config, Knob, Method, Root, choice_knob, count_knob
-from jaxsqrtm._matrix import BOUNDS, eye_like, matrix_scale, mm, power_start, rescale, symmetrize
+from jaxsqrtm._matrix import (
+    BOUNDS,
+    eye_like,
+    matrix_scale,
+    mm,
+    normalized,
+    power_start,
+    rescale,
+    symmetrize,
+)
 from jaxsqrtm._methods.newton_schulz import coupled_step
 
 
@@ -200,8 +209,7 @@ def _scale(a, config: Config):
 def accurate_roots(a, config: Config) -> Accurate:
     """The accurate mode on symmetric ``a``: :class:`Accurate` (the rule in the module doc)."""
     ridge = _ridge(config, a.dtype)
-    c = matrix_scale(a, config.normalization, precision=config.precision)
-    a_hat = a / jnp.where(c != 0, c, 1)[..., None, None]
+    a_hat, c = normalized(a, config.normalization, precision=config.precision)
     y, z, iterations, alphas = scaled_newton_schulz_roots(
         (a_hat + ridge * eye_like(a_hat)) / (1 + ridge),
         max_iters=config.max_iters,
