@@ -1,4 +1,9 @@
-"""Lyapunov equation ``S X + X S = G`` by the Newton–Schulz matrix sign iteration."""
+"""Lyapunov equation ``S X + X S = G`` by the Newton–Schulz matrix sign iteration.
+
+``S`` is real symmetric or complex Hermitian positive definite; "symmetric" right-hand
+sides are Hermitian ones for complex input, and every transpose is a conjugate
+transpose (:func:`jaxsqrtm._matrix.adjoint`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxsqrtm import _sign, _validation
-from jaxsqrtm._matrix import BOUNDS, NORMALIZATIONS, matrix_scale, mm, power_start, symmetrize
+from jaxsqrtm._matrix import (
+    BOUNDS,
+    NORMALIZATIONS,
+    adjoint,
+    matrix_scale,
+    mm,
+    power_start,
+    symmetrize,
+)
 
 
 def _block_sign_step(b, c, b2, *, precision):
@@ -21,20 +34,20 @@ def _block_sign_step(b, c, b2, *, precision):
 
 
 def _symmetric_bcb_terms(b, c, *, precision):
-    """``B^2 C + C B^2 - B C B`` for symmetric ``B`` and ``C``, in 2 products.
+    """``B^2 C + C B^2 - B C B`` for symmetric (Hermitian) ``B`` and ``C``, in 2 products.
 
-    With ``D = B C`` (so ``C B = D^T``) it is ``Y + Y^T`` for ``Y = B (D - D^T / 2)``,
-    symmetric by construction.
+    With ``D = B C`` (so ``C B = D^H``) it is ``Y + Y^H`` for ``Y = B (D - D^H / 2)``,
+    Hermitian by construction.
     """
     d = mm(b, c, precision)
-    y = mm(b, d - 0.5 * jnp.swapaxes(d, -1, -2), precision)
-    return y + jnp.swapaxes(y, -1, -2)
+    y = mm(b, d - 0.5 * adjoint(d), precision)
+    return y + adjoint(y)
 
 
 def _symmetric_c_step(b, c, alpha=1.0, *, precision):
     """The ``C`` half of a sign step on ``alpha [[B, C], [0, -B]]``, symmetric ``C``: 2 products.
 
-    ``alpha`` enters the elementwise update, not the products' operands.
+    ``alpha`` (real) enters the elementwise update, not the products' operands.
     """
     y = _symmetric_bcb_terms(b, c, precision=precision)
     return 0.5 * alpha * (3 * c - alpha * alpha * y)
@@ -48,7 +61,7 @@ def _scaled_symmetric_step(b, c, b2, alpha, *, precision):
 
 
 def sign_lyapunov(b, c, *, num_iters: int, symmetric_rhs: bool, precision):
-    """Solve ``B X + X B = C`` for ``B`` with spectrum in ``(0, sqrt(3))``.
+    """Solve ``B X + X B = C`` for symmetric (Hermitian) ``B`` with spectrum in ``(0, sqrt(3))``.
 
     Newton–Schulz iteration for the sign of the block matrix ``M = [[B, C], [0, -B]]``,
     ``M <- M (3I - M^2) / 2``, written on ``n x n`` blocks
@@ -60,11 +73,12 @@ def sign_lyapunov(b, c, *, num_iters: int, symmetric_rhs: bool, precision):
     and ``sign(M) = [[I, 2X], [0, -I]]``, so ``X = lim C / 2``. In the eigenbasis of
     ``B`` each entry contracts as ``C_ij <- C_ij (3 - b_i^2 - b_j^2 + b_i b_j) / 2``.
 
-    Cost: ``6 num_iters`` matrix products for a general ``C``. For a symmetric ``C`` the
-    ``C`` update takes 2 products (:func:`_symmetric_c_step`) and the last iteration
-    skips the ``B`` update: ``4 num_iters - 2`` (:func:`lyapunov_cost`). Scalar
-    eigenvalues ``b`` of ``B`` need about ``log_{1.5}(1/b)`` iterations to reach the
-    quadratic phase: 8 iterations converge for ``b >~ 0.1`` only.
+    Cost: ``6 num_iters`` matrix products for a general ``C``. For a symmetric
+    (Hermitian) ``C`` the ``C`` update takes 2 products (:func:`_symmetric_c_step`) and
+    the last iteration skips the ``B`` update: ``4 num_iters - 2``
+    (:func:`lyapunov_cost`). Scalar eigenvalues ``b`` of ``B`` need about
+    ``log_{1.5}(1/b)`` iterations to reach the quadratic phase: 8 iterations converge
+    for ``b >~ 0.1`` only.
     """
     if not symmetric_rhs:
 
@@ -142,8 +156,8 @@ def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision):
     ``B``), no power iteration.
 
     Args:
-        b: ``(..., n, n)`` symmetric, spectrum in ``(0, 1]``.
-        c: ``(..., n, n)`` right-hand sides, read as ``(C + C^T) / 2``.
+        b: ``(..., n, n)`` symmetric (Hermitian), spectrum in ``(0, 1]``.
+        c: ``(..., n, n)`` right-hand sides, read as ``(C + C^H) / 2``.
         alphas: ``(..., max_iters)`` step sizes.
         iterations: ``(...,)`` steps per matrix, at least 1 and at most ``max_iters``.
     """
@@ -177,7 +191,7 @@ def lyapunov_cost(num_iters: int, symmetric_rhs: bool = True) -> int:
 def solve_scaled(s, g, scale, *, num_iters: int | None, symmetric_rhs: bool, precision):
     """Solve ``S X + X S = G`` with ``B_0 = S / scale`` per matrix.
 
-    ``scale`` has shape ``(...,)``. With a fixed ``num_iters`` (:func:`sign_lyapunov`) it
+    ``scale`` is real, of shape ``(...,)``. With a fixed ``num_iters`` (:func:`sign_lyapunov`) it
     must bound the largest eigenvalue of ``S`` up to a factor ``sqrt(3)``; with
     ``num_iters=None`` (:func:`scaled_sign_lyapunov`, to convergence) it must bound it.
     A zero scale (``S = 0``, no solution) gives ``X = 0``.
@@ -208,14 +222,20 @@ def lyapunov_inverse(s, rhs, solve, *, precision):
 
     ``solve(rhs)`` computes the solution (any sign iteration of this module);
     ``lax.custom_linear_solve`` wraps it with the operator ``L_S``, so that JAX knows
-    the result is linear in ``rhs``, that its transpose is itself (``L_S`` is
-    self-adjoint for symmetric ``S``), and that its derivative in ``S`` is
-    ``-L_S^(-1)(dS X + X dS)``. That is what lets a ``jax.custom_jvp`` rule built on it
-    serve forward mode, reverse mode (by transposition: the same solve on the cotangent)
-    and higher orders without differentiating through the iteration itself.
+    the result is linear in ``rhs``, what its transpose is, and that its derivative in
+    ``S`` is ``-L_S^(-1)(dS X + X dS)``. That is what lets a ``jax.custom_jvp`` rule
+    built on it serve forward mode, reverse mode (by transposition: a solve on the
+    cotangent) and higher orders without differentiating through the iteration itself.
+
+    JAX transposes linear maps without conjugating (cotangents pair with tangents by
+    ``Re sum(X * G)``), so the transpose of ``L_S`` is ``L_{S^T}``. For real symmetric
+    ``S`` that is ``L_S`` itself (``symmetric=True``: the transposed solve is ``solve``).
+    For complex Hermitian ``S``, ``S^T = conj(S)``, and ``L_{conj(S)}^(-1)(G) =
+    conj(L_S^(-1)(conj(G)))``: the transposed solve is ``solve`` between two
+    conjugations, no second iteration to write.
 
     Args:
-        s: ``(..., n, n)`` symmetric positive definite.
+        s: ``(..., n, n)`` symmetric (complex: Hermitian) positive definite.
         rhs: ``(..., n, n)`` right-hand sides of ``s``'s shape.
         solve: ``rhs -> X``, the iteration; it may close over ``s`` and other arrays.
         precision: matmul precision of ``L_S`` (used only to differentiate in ``S``).
@@ -224,7 +244,15 @@ def lyapunov_inverse(s, rhs, solve, *, precision):
     def operator(x):
         return mm(s, x, precision) + mm(x, s, precision)
 
-    return lax.custom_linear_solve(operator, rhs, lambda _, b: solve(b), symmetric=True)
+    if not jnp.iscomplexobj(s):
+        return lax.custom_linear_solve(operator, rhs, lambda _, b: solve(b), symmetric=True)
+
+    def transpose_solve(_, b):
+        return jnp.conj(solve(jnp.conj(b)))
+
+    return lax.custom_linear_solve(
+        operator, rhs, lambda _, b: solve(b), transpose_solve=transpose_solve
+    )
 
 
 def solve_lyapunov(
@@ -237,6 +265,9 @@ def solve_lyapunov(
     precision="highest",
 ):
     """Solve the Lyapunov (Sylvester) equation ``S X + X S = G`` for symmetric positive ``S``.
+
+    Complex Hermitian positive definite ``S`` (complex64/complex128) and complex ``G``
+    are solved the same way, with conjugate transposes in place of transposes.
 
     The solution is ``X = integral_0^inf exp(-tS) G exp(-tS) dt``; in the eigenbasis of
     ``S``, ``X_ij = G_ij / (s_i + s_j)``. It is the gradient of a matrix square root:
@@ -261,16 +292,18 @@ def solve_lyapunov(
     ``vmap``, ``shard_map``) and each derivative costs one more solve.
 
     Args:
-        s: ``(..., n, n)`` symmetric positive definite matrices.
-        g: ``(..., n, n)`` right-hand sides, broadcast against ``s``.
+        s: ``(..., n, n)`` symmetric positive definite matrices (complex: Hermitian); only
+            the symmetric part ``(S + S^T) / 2`` (Hermitian part ``(S + S^H) / 2``) is used.
+        g: ``(..., n, n)`` right-hand sides, broadcast against ``s``, real or complex.
         num_iters: sign iterations (static), or ``None`` to iterate to convergence.
         normalization: the scale ``c``: ``"frobenius"`` (``||S||_F``, the default for a
             fixed count), ``"spectral_bound"`` (``min(||S||_F, ||S^2||_F^(1/2))``, the
             default for ``num_iters=None``), ``"spectral"`` (power-iteration estimate of
             ``||S||_2``; it can undershoot, so only with a fixed count) or ``"trace"``.
-        symmetric_rhs: promise that ``G`` is symmetric, which takes a fixed-count
-            iteration from ``6k`` to ``4k - 2`` products (and the accurate one from 6
-            to 4 a step). A non-symmetric ``G`` is then read as ``(G + G^T) / 2``.
+        symmetric_rhs: promise that ``G`` is symmetric (complex: Hermitian), which takes
+            a fixed-count iteration from ``6k`` to ``4k - 2`` products (and the accurate
+            one from 6 to 4 a step). A non-symmetric ``G`` is then read as
+            ``(G + G^T) / 2`` (``(G + G^H) / 2``).
         precision: matmul precision of the iteration (``"highest"`` by default).
 
     Returns:

@@ -2,6 +2,11 @@
 
 Everything here acts on arrays of shape ``(..., n, n)`` and treats each trailing
 ``n x n`` matrix on its own: norms and scalings are per matrix, never per batch.
+
+Complex Hermitian matrices go through the same functions: transposes are conjugate
+transposes (:func:`adjoint`), and norms and scales are real, of the dtype
+``jnp.finfo(x.dtype).dtype``. For real input the choice is made at trace time, so a
+real array costs no conjugation or absolute value it did not cost before.
 """
 
 from __future__ import annotations
@@ -24,9 +29,27 @@ def mm(x, y, precision):
     return jnp.matmul(x, y, precision=precision)
 
 
+def adjoint(x):
+    """Conjugate transpose ``X^H`` over the last two axes; the plain transpose for real ``x``."""
+    xt = jnp.swapaxes(x, -1, -2)
+    return jnp.conj(xt) if jnp.iscomplexobj(x) else xt
+
+
 def symmetrize(x):
-    """``(X + X^T) / 2`` over the last two axes."""
-    return 0.5 * (x + jnp.swapaxes(x, -1, -2))
+    """Hermitian part ``(X + X^H) / 2`` over the last two axes (symmetric part for real input)."""
+    return 0.5 * (x + adjoint(x))
+
+
+def real_dtype(dtype):
+    """The real dtype of ``dtype``'s entries: ``float32`` for ``complex64``, itself if real."""
+    return jnp.finfo(dtype).dtype
+
+
+def _abs2(x):
+    """``|x|^2`` elementwise, real; ``x * x`` for real ``x``."""
+    if jnp.iscomplexobj(x):
+        return lax.real(x) * lax.real(x) + lax.imag(x) * lax.imag(x)
+    return x * x
 
 
 def eye_like(x):
@@ -50,18 +73,20 @@ def frobenius_norm(a):
     """Per-matrix Frobenius norm, shape ``(...,)``; safe from overflow and at zero."""
     m = _max_abs(a)
     scaled = a / m[..., None, None]
-    return m * _safe_sqrt(jnp.sum(scaled * scaled, axis=(-2, -1)))
+    return m * _safe_sqrt(jnp.sum(_abs2(scaled), axis=(-2, -1)))
 
 
 def power_start(x):
     """A fixed, non-constant unit vector per matrix of ``x``, shape ``x.shape[:-1]``.
 
     Deterministic (no key needed) and free of the structure a covariance is likely to
-    share (a constant vector is a null vector of every centring matrix).
+    share (a constant vector is a null vector of every centring matrix). Real-valued,
+    of ``x``'s dtype (complex for complex ``x``).
     """
-    i = jnp.arange(x.shape[-1], dtype=x.dtype)
+    i = jnp.arange(x.shape[-1], dtype=real_dtype(x.dtype))
     v = 1 + 0.5 * jnp.sin(1 + 2.3999632 * i)
-    return jnp.broadcast_to(v / jnp.linalg.norm(v), x.shape[:-1])
+    v = (v / jnp.linalg.norm(v)).astype(x.dtype)
+    return jnp.broadcast_to(v, x.shape[:-1])
 
 
 def matvec(x, v, precision):
@@ -70,7 +95,7 @@ def matvec(x, v, precision):
 
 
 def power_iterate(apply, v, *, num_iters):
-    """``num_iters`` power-iteration steps ``v <- X v / ||X v||`` on a symmetric ``X``.
+    """``num_iters`` power-iteration steps ``v <- X v / ||X v||`` on a Hermitian ``X``.
 
     ``X`` is given by its action, so that ``I - W`` needs no ``n x n`` array of its own.
     The steps are unrolled: ``num_iters`` is small and static, and a nested loop inside
@@ -84,8 +109,8 @@ def power_iterate(apply, v, *, num_iters):
         num_iters: matrix-vector products, ``O(n^2)`` each; at least 1.
 
     Returns:
-        ``(estimate, v)``: ``||X v_k||``, a lower bound of ``||X||_2`` that converges like
-        ``(l_2/l_1)^(2k)`` from below, and the final unit vector.
+        ``(estimate, v)``: ``||X v_k||`` (real), a lower bound of ``||X||_2`` that
+        converges like ``(l_2/l_1)^(2k)`` from below, and the final unit vector.
     """
     for _ in range(num_iters):
         w = apply(v)
@@ -114,7 +139,7 @@ def spectral_norm_estimate(a, *, num_iters=POWER_ITERS, precision=lax.Precision.
 def spectral_bound(a, *, square=None, precision=lax.Precision.HIGHEST):
     """Guaranteed upper bound of the per-matrix spectral norm, shape ``(...,)``.
 
-    ``min(||A||_F, ||A^2||_F^(1/2))``: for symmetric ``A``,
+    ``min(||A||_F, ||A^2||_F^(1/2))``: for symmetric or Hermitian ``A``,
     ``||A^2||_F^(1/2) = (sum l_i^4)^(1/4)``, loose by at most ``rank^(1/4)`` and close to
     ``l_max`` for decaying spectra. One matrix product, none if ``square = A^2`` is given.
     """
@@ -131,17 +156,18 @@ def matrix_scale(a, normalization, *, precision=lax.Precision.HIGHEST):
     """Per-matrix scalar ``c`` with the spectrum of ``A / c`` in ``(0, ~1]``.
 
     Args:
-        a: ``(..., n, n)`` symmetric matrices.
+        a: ``(..., n, n)`` symmetric (or complex Hermitian) matrices.
         normalization: ``"frobenius"`` (``||A||_F``, an upper bound of the largest
             eigenvalue, loose by up to ``sqrt(rank)``), ``"spectral"`` (a power-iteration
             estimate of it, capped by ``||A||_F``; may undershoot, see
             :func:`spectral_norm_estimate`), ``"spectral_bound"`` (:func:`spectral_bound`,
             never below it, one product) or ``"trace"`` (``tr A``, as in iSQRT-COV; loose
-            by up to ``rank``).
+            by up to ``rank``; its real part for complex ``A``).
         precision: matmul precision of the power iteration.
 
     Returns:
-        ``(...,)`` scales; zero for a zero matrix, negative or NaN where the input is.
+        ``(...,)`` real scales (dtype :func:`real_dtype` of ``a``'s); zero for a zero
+        matrix, negative or NaN where the input is.
     """
     if normalization == "frobenius":
         return frobenius_norm(a)
@@ -151,7 +177,8 @@ def matrix_scale(a, normalization, *, precision=lax.Precision.HIGHEST):
     if normalization == "spectral_bound":
         return spectral_bound(a, precision=precision)
     if normalization == "trace":
-        return jnp.trace(a, axis1=-2, axis2=-1)
+        trace = jnp.trace(a, axis1=-2, axis2=-1)
+        return lax.real(trace) if jnp.iscomplexobj(trace) else trace
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
@@ -214,7 +241,8 @@ def polyval(coeffs: Sequence[Sequence[float]], x, *, precision):
 
 
 def normalized(a, normalization, *, precision=lax.Precision.HIGHEST):
-    """``(A_hat, c)`` with ``A_hat = A / c``, ``c = matrix_scale(A)``; a zero ``c`` divides by 1."""
+    """``(A_hat, c)`` with ``A_hat = A / c``, ``c = matrix_scale(A)`` (real); a zero ``c``
+    divides by 1."""
     c = matrix_scale(a, normalization, precision=precision)
     safe = jnp.where(c != 0, c, 1)[..., None, None]
     return a / safe, c

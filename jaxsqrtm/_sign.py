@@ -14,6 +14,9 @@ which maps ``[l, 1]`` into ``[h(alpha l), 1]``: small eigenvalues grow by
 quadratically convergent Newton–Schulz (``alpha -> 1``). Any ``alpha`` in ``[1, sqrt 3)``
 keeps ``[0, 1]`` inside ``[0, 1]``, so an inexact ``l`` costs speed, never convergence.
 
+The matrices are real symmetric or complex Hermitian; the step sizes and deviations are
+real either way.
+
 ``l`` is measured, not assumed: ``1 - l^2 = ||I - X_k^2||_2`` is estimated by power
 iteration on ``I - X_k^2`` (a product every step computes anyway), warm-started from the
 previous step's vector because the slowest eigenvector does not change between steps.

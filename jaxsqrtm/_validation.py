@@ -19,18 +19,20 @@ _PRECISIONS = {
 
 
 def check_matrices(func: str, a, name: str = "a"):
-    """Return ``a`` as a JAX array of real floating square matrices ``(..., n, n)``."""
+    """Return ``a`` as a JAX array of floating square matrices ``(..., n, n)``.
+
+    Real (float16, bfloat16, float32, float64) and complex (complex64, complex128)
+    dtypes are accepted; integer and boolean ones are not. The functions that take the
+    array use only its symmetric part ``(A + A^T) / 2``, or its Hermitian part
+    ``(A + A^H) / 2`` for complex input.
+    """
     if not hasattr(a, "shape") or not hasattr(a, "dtype"):
         a = np.asarray(a)
     dtype = np.dtype(a.dtype)
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-        raise TypeError(
-            f"{func}: {name} must be real (symmetric matrices), got complex dtype {dtype}"
-        )
-    if not jnp.issubdtype(dtype, jnp.floating):
+    if not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(
             f"{func}: {name} must have a floating dtype (float16, bfloat16, float32, "
-            f"float64), got {dtype}"
+            f"float64) or a complex one (complex64, complex128), got {dtype}"
         )
     if a.ndim < 2:
         raise ValueError(
@@ -91,5 +93,6 @@ def check_precision(func: str, precision) -> lax.Precision:
 
 
 def compute_dtype(dtype):
-    """Half-precision inputs are computed in float32; float32/float64 as they are."""
+    """Half-precision inputs are computed in float32; float32/float64 and
+    complex64/complex128 as they are."""
     return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype

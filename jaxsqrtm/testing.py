@@ -1,9 +1,10 @@
 """Test matrices and float64 reference values, shared by the tests, benchmark and demos.
 
-Everything here is NumPy in float64: prescribed-spectrum SPD matrices ``U diag(l) U^T``,
-real covariance matrices from data that ships with scikit-learn / scikit-image, and the
-reference root and gradient from ``numpy.linalg.eigh`` with the Daleckii–Krein
-divided-difference formula.
+Everything here is NumPy in float64 (complex128 for complex input): prescribed-spectrum
+SPD matrices ``U diag(l) U^T`` (Hermitian ``U diag(l) U^H`` with ``dtype=np.complex128``),
+density matrices, real covariance matrices from data that ships with scikit-learn /
+scikit-image, and the reference root and gradient from ``numpy.linalg.eigh`` with the
+Daleckii–Krein divided-difference formula.
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ def random_orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
+def random_unitary(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-distributed ``n x n`` unitary matrix (QR of a complex Gaussian, phases fixed).
+
+    Returns:
+        ``(n, n)`` complex128 array.
+    """
+    z = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))) / np.sqrt(2)
+    q, r = np.linalg.qr(z)
+    d = np.diag(r)
+    return q * (d / np.abs(d))
+
+
 def spd_matrix(
     n: int,
     kappa: float = 10.0,
@@ -68,23 +81,77 @@ def spd_matrix(
     batch: tuple[int, ...] = (),
     scale: float = 1.0,
     seed: int = 0,
+    dtype=np.float64,
 ) -> np.ndarray:
     """SPD matrices ``scale * U diag(l) U^T`` with prescribed spectrum, float64.
 
     Each batch element gets its own random ``U`` and the same eigenvalues
-    :func:`spectrum` ``(n, kappa, kind)``; the result is exactly symmetric.
+    :func:`spectrum` ``(n, kappa, kind)``; the result is exactly symmetric. With
+    ``dtype=np.complex128`` ``U`` is a Haar unitary (:func:`random_unitary`) and the
+    result ``scale * U diag(l) U^H`` is exactly Hermitian positive definite, with the
+    same spectrum.
 
     Returns:
-        ``batch + (n, n)`` float64 array.
+        ``batch + (n, n)`` array of ``dtype`` (``np.float64`` or ``np.complex128``).
     """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float64, np.complex128):
+        raise ValueError(f"dtype must be float64 or complex128, got {dtype}")
+    complex_ = dtype == np.complex128
     rng = np.random.default_rng(seed)
     lam = spectrum(n, kappa, kind)
     count = int(np.prod(batch, dtype=int))
-    mats = np.empty((count, n, n))
+    mats = np.empty((count, n, n), dtype)
     for i in range(count):
-        u = random_orthogonal(n, rng)
-        a = (u * lam) @ u.T
-        mats[i] = scale * (a + a.T) / 2
+        u = random_unitary(n, rng) if complex_ else random_orthogonal(n, rng)
+        a = (u * lam) @ u.conj().T if complex_ else (u * lam) @ u.T
+        mats[i] = scale * (a + (a.conj().T if complex_ else a.T)) / 2
+    return mats.reshape(*batch, n, n)
+
+
+def density_matrix(
+    n: int,
+    *,
+    rank: int | None = None,
+    degenerate: bool = False,
+    batch: tuple[int, ...] = (),
+    seed: int = 0,
+) -> np.ndarray:
+    """Quantum density matrices ``rho = U diag(p) U^H``: Hermitian PSD with trace 1.
+
+    ``U`` is a Haar unitary per batch element and ``p`` has ``rank`` positive entries
+    summing to 1, the rest 0: :func:`spectrum` ``(rank, 10)`` (geometric, distinct), or
+    with ``degenerate`` two levels in the ratio ``2 : 1``, the first on
+    ``max(2, ceil(rank / 2))`` eigenvalues and the second on the rest (all equal for
+    ``rank = 2``, a repeated pair at least for any ``rank >= 2``). ``rank=1`` is a pure state
+    ``psi psi^H``; ``rank < n`` gives singular matrices (a zero eigenvalue of
+    multiplicity ``n - rank``).
+
+    Args:
+        n: matrix size.
+        rank: number of positive eigenvalues, ``1 <= rank <= n`` (default ``n``).
+        degenerate: repeated positive eigenvalues instead of distinct ones.
+        batch: leading batch shape.
+        seed: random seed.
+
+    Returns:
+        ``batch + (n, n)`` complex128 array, exactly Hermitian.
+    """
+    rank = n if rank is None else rank
+    if not 1 <= rank <= n:
+        raise ValueError(f"rank must be in [1, {n}], got {rank}")
+    if degenerate:
+        p = np.where(np.arange(rank) < max(2, (rank + 1) // 2), 2.0, 1.0)
+    else:
+        p = spectrum(rank, 10.0)
+    p = np.concatenate([p / p.sum(), np.zeros(n - rank)])
+    rng = np.random.default_rng(seed)
+    count = int(np.prod(batch, dtype=int))
+    mats = np.empty((count, n, n), np.complex128)
+    for i in range(count):
+        u = random_unitary(n, rng)
+        rho = (u * p) @ u.conj().T
+        mats[i] = (rho + rho.conj().T) / 2
     return mats.reshape(*batch, n, n)
 
 
@@ -95,38 +162,51 @@ def covariance(features: np.ndarray) -> np.ndarray:
     return np.swapaxes(x, -1, -2) @ x / x.shape[-2]
 
 
+def digits_features() -> np.ndarray:
+    """scikit-learn's 1797 ``8 x 8`` digit images as ``(1797, 64)`` float64 pixels in
+    ``[0, 1]`` (needs scikit-learn)."""
+    from sklearn.datasets import load_digits
+
+    return load_digits().data / 16.0
+
+
 def digits_covariance() -> np.ndarray:
-    """``64 x 64`` pixel covariance of scikit-learn's 1797 digit images (needs scikit-learn).
+    """``64 x 64`` pixel covariance of :func:`digits_features` (needs scikit-learn).
 
     Rank-deficient: a few border pixels are always 0. Add a ridge for the inverse root.
     """
-    from sklearn.datasets import load_digits
-
-    return covariance(load_digits().data / 16.0)
+    return covariance(digits_features())
 
 
-def image_patch_covariance(name: str = "astronaut", patch: int = 8, stride: int = 4) -> np.ndarray:
-    """Covariance of grey-level ``patch x patch`` patches of an ``skimage.data`` image.
-
-    A real, full-rank, ill-conditioned covariance of size ``patch**2`` (needs
-    scikit-image).
-    """
+def image_patch_features(name: str = "astronaut", patch: int = 8, stride: int = 4) -> np.ndarray:
+    """Grey-level ``patch x patch`` patches of an ``skimage.data`` image, every ``stride``
+    pixels, as ``(N, patch**2)`` float64 in ``[0, 1]`` (needs scikit-image)."""
     from skimage import color, data
 
     image = getattr(data, name)()
     grey = color.rgb2gray(image) if image.ndim == 3 else image / 255.0
     windows = np.lib.stride_tricks.sliding_window_view(grey, (patch, patch))[::stride, ::stride]
-    return covariance(windows.reshape(-1, patch * patch))
+    return windows.reshape(-1, patch * patch)
+
+
+def image_patch_covariance(name: str = "astronaut", patch: int = 8, stride: int = 4) -> np.ndarray:
+    """Covariance of :func:`image_patch_features` (needs scikit-image).
+
+    A real, full-rank, ill-conditioned covariance of size ``patch**2``.
+    """
+    return covariance(image_patch_features(name, patch, stride))
 
 
 def sqrtm_reference(a, *, inverse: bool = False) -> np.ndarray:
     """``A^(1/2)`` or ``A^(-1/2)`` in float64 via ``numpy.linalg.eigh`` of ``(A + A^T)/2``.
 
-    Negative eigenvalues (round-off of a PSD matrix) are clamped to 0 for the root.
+    Complex input is computed in complex128 from the Hermitian part ``(A + A^H) / 2``:
+    ``V f(l) V^H``. Negative eigenvalues (round-off of a PSD matrix) are clamped to 0
+    for the root.
     """
     w, v = np.linalg.eigh(_symmetric64(a))
     f = 1 / np.sqrt(w) if inverse else np.sqrt(np.maximum(w, 0))
-    return (v * f[..., None, :]) @ np.swapaxes(v, -1, -2)
+    return (v * f[..., None, :]) @ _adjoint(v)
 
 
 def sqrtm_vjp_reference(a, g, *, inverse: bool = False) -> np.ndarray:
@@ -135,25 +215,43 @@ def sqrtm_vjp_reference(a, g, *, inverse: bool = False) -> np.ndarray:
     ``V [(V^T G_sym V) o F] V^T`` with ``F_ij = (f(l_i) - f(l_j)) / (l_i - l_j)`` written
     as ``1 / (s_i + s_j)`` (root) or ``-1 / (s_i s_j (s_i + s_j))`` (inverse root),
     ``s = sqrt(l)``.
+
+    Complex input (complex128) follows JAX's convention for cotangents, which pair with
+    tangents by ``Re sum(dX * G)`` without a conjugate (for a real loss,
+    ``jax.grad`` gives ``dl/d Re A - i dl/d Im A``): the result is what ``jax.vjp`` of
+    the root returns for ``g``, ``conj(V) [(V^T G_h conj(V)) o F] V^T`` with
+    ``G_h = (G + G^H) / 2``, i.e. the formula above for ``A^T = conj(A)``.
     """
     w, v = np.linalg.eigh(_symmetric64(a))
+    v = v.conj()
     s = np.sqrt(np.maximum(w, 0))
     f = 1 / (s[..., :, None] + s[..., None, :])
     if inverse:
         f = -f / (s[..., :, None] * s[..., None, :])
-    vt = np.swapaxes(v, -1, -2)
-    return v @ ((vt @ _symmetric64(g) @ v) * f) @ vt
+    vh = _adjoint(v)
+    return v @ ((vh @ _symmetric64(g) @ v) * f) @ vh
 
 
 def relative_error(x, reference) -> float:
-    """Largest per-matrix relative Frobenius error ``||X - R||_F / ||R||_F`` over a batch."""
-    x = np.asarray(x, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
+    """Largest per-matrix relative Frobenius error ``||X - R||_F / ||R||_F`` over a batch.
+
+    Computed in float64, or complex128 where either argument is complex.
+    """
+    dtype = np.complex128 if np.iscomplexobj(x) or np.iscomplexobj(reference) else np.float64
+    x = np.asarray(x, dtype=dtype)
+    reference = np.asarray(reference, dtype=dtype)
     num = np.linalg.norm(x - reference, axis=(-2, -1))
     den = np.linalg.norm(reference, axis=(-2, -1))
     return float(np.max(num / den)) if num.size else 0.0
 
 
+def _adjoint(a) -> np.ndarray:
+    """Conjugate transpose over the last two axes (plain transpose for real ``a``)."""
+    at = np.swapaxes(a, -1, -2)
+    return at.conj() if np.iscomplexobj(at) else at
+
+
 def _symmetric64(a) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    return (a + np.swapaxes(a, -1, -2)) / 2
+    """Symmetric part in float64, Hermitian part in complex128 for complex ``a``."""
+    a = np.asarray(a, dtype=np.complex128 if np.iscomplexobj(a) else np.float64)
+    return (a + _adjoint(a)) / 2

@@ -1,9 +1,10 @@
 """Hard inputs every public function must survive.
 
-Bad arguments (non-square or rank-1 arrays, integer, boolean or complex dtypes, unknown
-or misplaced knobs) raise ``TypeError``/``ValueError`` at trace time, naming the shape or
-value. Bad values, which cannot be checked under ``jit``, have documented outcomes: NaN
-or Inf entries give NaN, a zero matrix gives a zero root and gradient, repeated and zero
+Bad arguments (non-square or rank-1 arrays, integer or boolean dtypes, unknown or
+misplaced knobs) raise ``TypeError``/``ValueError`` at trace time, naming the shape or
+value; complex input is accepted and, like real input, only its Hermitian part is used.
+Bad values, which cannot be checked under ``jit``, have documented outcomes: NaN or Inf
+entries give NaN, a zero matrix gives a zero root and gradient, repeated and zero
 eigenvalues, scales from 1e-30 to 1e30, a tiny matrix batched with a huge one, n = 1 and
 an empty batch all give finite, per-matrix results.
 """
@@ -28,7 +29,6 @@ ROOTS = (jaxsqrtm.sqrtm, jaxsqrtm.inv_sqrtm)
         (np.ones((4, 3, 2), np.float32), ValueError, r"\(4, 3, 2\)"),
         (np.eye(3, dtype=np.int32), TypeError, "int32"),
         (np.eye(3, dtype=bool), TypeError, "bool"),
-        (np.eye(3, dtype=np.complex64), TypeError, "complex"),
         ([[1, 0], [0, 1]], TypeError, "int"),
     ],
 )
@@ -37,6 +37,19 @@ def test_bad_arrays(root, a, error, match):
         root(a)
     with pytest.raises(error, match=match):
         jax.jit(root)(a)
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_complex_input_is_hermitised(root):
+    """A non-Hermitian complex matrix is read as its Hermitian part ``(A + A^H) / 2``,
+    in its own dtype."""
+    h = testing.spd_matrix(3, 4.0, seed=2, dtype=np.complex128).astype(np.complex64)
+    skew = np.array([[0, 1 + 2j, -1j], [-1 + 2j, 0.5j, 3], [-1j, -3, -0.25j]], np.complex64)
+    a = h + skew
+    out = root(a)
+    assert out.dtype == jnp.complex64
+    np.testing.assert_array_equal(out, root((a + a.conj().T) / 2))
+    np.testing.assert_allclose(out, root(h), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +102,10 @@ def test_hard_values(method):
     p = jaxsqrtm.inv_sqrtm(batch, method=method)
     np.testing.assert_allclose(p[0], eye / 2, rtol=2e-3)
     assert np.all(np.isnan(p[1]))
-    assert not np.all(np.isfinite(p[3]))  # singular -> not finite
+    if method in ("auto", "eigh"):  # the pseudo-inverse root of a zero matrix
+        np.testing.assert_array_equal(p[3], 0)
+    else:
+        assert not np.all(np.isfinite(p[3]))  # singular -> not finite
 
 
 @pytest.mark.parametrize("method", jaxsqrtm.METHODS)

@@ -15,6 +15,10 @@ Rule (``jax.custom_jvp``, linear in the tangent ``dA``):
   per-matrix scale ``c_P`` of ``P``, which keeps every intermediate in range whatever
   the scale of ``A``.
 
+For complex Hermitian ``A`` the rule is the same: ``S``, ``P`` and the solves are
+Hermitian, the scales ``c`` and ``c_P`` real, and the Lyapunov solve transposes with
+``conj(S)`` (:func:`jaxsqrtm._lyapunov.lyapunov_inverse`).
+
 JAX transposes it for reverse mode: ``dl/dA = L_S^(-1)(G)``, and
 ``c_P^3 L_{P_hat}^(-1)(-P_hat^2 G P_hat^2)`` for the inverse root; the tangent map is
 wrapped in ``jax.checkpoint`` so reverse mode keeps only the root and the scale and
@@ -99,7 +103,7 @@ def _closed_form_jvp(config, approximant, primals, tangents):
 
 @functools.partial(jax.checkpoint, static_argnums=(3,))
 def _root_tangent(s, c, ds_rhs, config):
-    """``L_S^(-1)(dA)``, the sign iteration started at ``S / sqrt(c)``."""
+    """``L_S^(-1)(dA)``, the sign iteration started at ``S / sqrt(c)`` (``c`` real)."""
 
     def solve(rhs):
         return _lyapunov.solve_scaled(
@@ -131,7 +135,7 @@ def _inverse_root_tangent(p, c, da, config):
         return _lyapunov.solve_scaled(
             p_hat,
             rhs,
-            jnp.ones(c_p.shape[:-2], p.dtype),
+            jnp.ones(c_p.shape[:-2], c_p.dtype),
             num_iters=config.backward_iters,
             symmetric_rhs=True,
             precision=precision,

@@ -31,7 +31,8 @@ def newton_schulz_root(a_hat, *, num_iters: int, inverse: bool, precision):
 
     ``Y_0 = A_hat, Z_0 = I``; ``T_k = (3I - Z_k Y_k) / 2``, ``Y_{k+1} = Y_k T_k``,
     ``Z_{k+1} = T_k Z_k``; ``Y_k -> A_hat^(1/2)`` and ``Z_k -> A_hat^(-1/2)`` quadratically
-    once the spectrum is near 1, for a spectrum in ``(0, 3)``.
+    once the spectrum is near 1, for a spectrum in ``(0, 3)``. Real symmetric and complex
+    Hermitian ``A_hat`` alike (``Y_k``, ``Z_k`` are polynomials in ``A_hat``).
 
     Cost: :func:`newton_schulz_cost` matrix products (12 for 5 iterations): the first
     iteration needs one product (``Z_0 = I``), the last only the requested root.

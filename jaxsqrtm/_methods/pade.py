@@ -20,7 +20,9 @@ def pade_root(a_hat, *, degree: int, inverse: bool, precision):
 
     ``A_hat^(1/2) ~ Q(A_hat)^(-1) P(A_hat)`` and ``A_hat^(-1/2) ~ P(A_hat)^(-1) Q(A_hat)``
     with the ``[m/m]`` polynomials of :func:`jaxsqrtm._coefficients.pade_sqrt`. ``P`` and
-    ``Q`` commute, have positive coefficients, and are evaluated with shared powers.
+    ``Q`` commute, have positive coefficients, and are evaluated with shared powers. The
+    quotient is symmetric (Hermitian for complex ``A_hat``) up to round-off, which the
+    returned symmetric (Hermitian) part removes.
 
     Cost: :func:`pade_cost` matrix products (4 for ``m = 5``) and one batched LU solve.
     Accuracy: relative error ``~2 r^(2m+1)`` at an eigenvalue ``w``, with

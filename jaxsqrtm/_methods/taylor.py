@@ -17,7 +17,8 @@ def taylor_root(a_hat, *, degree: int, inverse: bool, precision):
     """Matrix Taylor polynomial (MTP) of ``A_hat^(+-1/2)`` around the identity.
 
     ``A_hat^(1/2) ~ sum_{k<=K} a_k Z^k`` and ``A_hat^(-1/2) ~ sum_{k<=K} d_k Z^k`` with
-    ``Z = I - A_hat`` (coefficients in :mod:`jaxsqrtm._coefficients`).
+    ``Z = I - A_hat`` (coefficients in :mod:`jaxsqrtm._coefficients`), real or complex
+    Hermitian ``A_hat`` alike.
 
     Cost: :func:`taylor_cost` matrix products (5 for ``K = 10``, Paterson–Stockmeyer).
     Accuracy: the truncation error at an eigenvalue ``w`` of ``A_hat`` is the tail of the
