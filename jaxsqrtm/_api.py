@@ -55,9 +55,13 @@ _KNOBS_DOC = """
       run until each matrix has converged (about 6 at condition number ``1e2``, 12 at
       ``1e6`` in float32; 3 products each), scaled by a guaranteed bound of the largest
       eigenvalue, with a ridge ``ridge * c`` (default: the machine epsilon) added so
-      rank-deficient input converges; Lyapunov backward that replays the forward's
-      step sizes (4 products a step). Matmul-only, float32 round-off accuracy up to
-      condition number ``1e6``.
+      that the step count stays bounded; Lyapunov backward that replays the forward's
+      step sizes (4 products a step). Matmul-only and float32 round-off accurate up
+      to condition number ``1e6``. A matrix whose spectrum reaches the noise floor
+      (smallest eigenvalue ``<= 2 ridge c``: rank-deficient or indefinite input), that
+      did not converge in ``max_iters`` or gave a non-finite result is computed by
+      ``"eigh"`` instead, only when the batch has one (both branches run under
+      ``jax.vmap``).
     * ``"mpa"``: matrix Padé approximant ``Q(A_hat)^(-1) P(A_hat)`` of degree
       ``[m/m]`` (``degree``, default 5): 4 products and one batched LU solve.
     * ``"mtp"``: matrix Taylor polynomial in ``Z = I - A_hat`` of degree ``K``
@@ -65,8 +69,16 @@ _KNOBS_DOC = """
     * ``"ns"``: coupled Newton–Schulz (iSQRT-COV), ``num_iters`` (default 5)
       iterations, trace normalisation: ``3 num_iters - 3`` products; gradient by autodiff
       through the iterations.
-    * ``"eigh"``: ``V f(l) V^T`` (negative eigenvalues clamped to 0 for the root) with
-      the Daleckii–Krein gradient, finite at repeated eigenvalues.
+    * ``"eigh"``: ``V f(l) V^H`` with the Daleckii–Krein gradient, finite at repeated
+      and zero eigenvalues.
+
+    PSD semantics (``"auto"`` and ``"eigh"``): eigenvalues at or below the noise floor
+    ``2 n^(1/4) eps max|l|`` (negative ones included) are treated as 0. The root is
+    that of the PSD part ``A_+ = (A + |A|) / 2`` with round-off-sized eigenvalues set
+    to 0; the inverse root is its pseudo-inverse, ``l^(-1/2)`` on the range and 0 on
+    the null space. ``"mpa"``, ``"mtp"`` and ``"ns"`` do not project: at a negative
+    eigenvalue they evaluate their polynomial or rational approximation, finite but not
+    a root, and a zero eigenvalue gives their truncation error.
 
     ``"mpa"`` and ``"mtp"`` differentiate by solving the Lyapunov equation with
     ``backward_iters`` (default 8) Newton–Schulz sign iterations (``4 k - 2`` products
@@ -75,8 +87,11 @@ _KNOBS_DOC = """
     truncated forward; the backward keeps only the result and one scalar per matrix.
 
     Args:
-        a: ``(..., n, n)`` real matrices, any number of batch axes. Only the symmetric
-            part ``(A + A^T) / 2`` is used, and the gradient is symmetric.
+        a: ``(..., n, n)`` real symmetric or complex Hermitian matrices (float16,
+            bfloat16, float32, float64, complex64, complex128), any number of batch
+            axes. Only the Hermitian part ``(A + A^H) / 2`` is used, and the gradient
+            is Hermitian (for complex input, JAX's convention: the cotangent of a
+            real loss is the conjugate of ``dl/dRe A + i dl/dIm A``).
         method: ``"auto"`` (default), ``"mpa"``, ``"mtp"``, ``"ns"`` or ``"eigh"``. The
             default is the accurate mode because it reaches float32 round-off where the
             paper's ``"mpa"`` settings are off by 1e-2 to 1, at a forward+backward cost
@@ -92,10 +107,13 @@ _KNOBS_DOC = """
             which accepts only bounds) or ``"trace"`` (default of ``"ns"``).
         backward_iters: sign iterations of the Lyapunov backward (``"mpa"``/``"mtp"``).
         max_iters: cap on the adaptive iterations of ``"auto"`` (default 40).
-        ridge: ``"auto"`` computes the root of ``A + ridge * c * I`` (default: the
-            machine epsilon of the compute dtype, ``1.2e-7`` in float32). It bounds the
-            condition number by ``1 / ridge`` and so the iteration count; zero
-            eigenvalues map to ``sqrt(ridge * c)``.
+        ridge: ``"auto"`` iterates on ``A + ridge * c * I`` and removes the ridge by a
+            series (default: the machine epsilon of the compute dtype, ``1.2e-7`` in
+            float32). It bounds the condition number seen by the iteration by
+            ``1 / ridge`` and so the iteration count. A larger ridge leaves an error of
+            about ``(ridge c / l)^3 / 16`` at eigenvalue ``l``; a smaller one (``0``
+            included) makes rank-deficient input run ``max_iters`` steps and then take
+            the decomposition.
         precision: matmul precision inside the iterations, ``"highest"`` by default
             (JAX's default float32 matmul is TF32 on recent GPUs and bfloat16 on TPUs).
         return_info: also return a :class:`RootInfo` (residual, iterations, scale).
@@ -105,13 +123,13 @@ _KNOBS_DOC = """
         float32 and cast back), and with ``return_info=True`` a :class:`RootInfo`.
 
     Raises:
-        TypeError: integer, boolean or complex ``a``; a non-integer count.
+        TypeError: integer or boolean ``a``; a non-integer count.
         ValueError: fewer than 2 dimensions, non-square matrices, an unknown method,
             normalization or precision, a knob that the method does not use.
 
     Values cannot be checked under ``jit``: NaN or Inf entries give NaN; a zero matrix
-    gives a zero root and a zero gradient; negative eigenvalues give a real matrix that
-    is not a root (``"eigh"`` clamps them to 0).
+    gives a zero root and a zero gradient; negative eigenvalues follow the PSD semantics
+    above.
 
     Transforms: every method supports ``jit``, ``vmap``, ``jax.jvp``/``jax.jacfwd``/
     ``jax.linearize``, ``jax.grad``/``jax.vjp``, second order in any combination
@@ -194,8 +212,10 @@ inv_sqrtm.__doc__ = (
     + _KNOBS_DOC
     + """
     Accuracy: the relative condition number of ``A^(-1/2)`` is ``kappa / 2``, so float32
-    cannot do much better than ``kappa * 1e-7``. A singular or zero matrix gives
-    non-finite values except with ``"auto"``, whose ridge makes it finite.
+    cannot do much better than ``kappa * 1e-7``. ``"auto"`` and ``"eigh"`` return the
+    pseudo-inverse root of a singular matrix (0 on its null space); ``"mpa"``, ``"mtp"``
+    and ``"ns"`` give non-finite or meaningless values there (an infinite inverse root
+    for a zero matrix, where ``"auto"`` and ``"eigh"`` give 0).
 
     Example:
         >>> import jax.numpy as jnp

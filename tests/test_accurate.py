@@ -101,36 +101,130 @@ def rank_deficient_covariance():
     return testing.covariance(features).astype(np.float32)
 
 
-def test_rank_deficient_square_root_converges():
+def _range_and_null(a):
+    """Float64 eigenvectors of the range and of the null space (eigenvalues below
+    ``1e-6 l_max``) of ``a``."""
+    w, v = np.linalg.eigh(np.asarray(a, np.float64))
+    keep = w > 1e-6 * w[-1]
+    return w[keep], v[:, keep], v[:, ~keep]
+
+
+def test_rank_deficient_square_root_has_no_ridge_bias():
+    """The spectrum reaches the noise floor, so the root comes from the decomposition:
+    zero on the null space (measured 2.0e-7 of ||S||_2 = 0.75 there, against
+    ``0.375 sqrt(ridge c) = 5e-4`` before), round-off on the range."""
     a = rank_deficient_covariance()
     s, info = jaxsqrtm.sqrtm(a, method="auto", return_info=True)
-    assert int(info.iterations) < 20  # measured 12
-    assert float(info.residual) < 1e-3  # measured 1.6e-4
-    assert testing.relative_error(s, testing.sqrtm_reference(a)) < 1e-3  # measured 4.5e-4
-    w, v = np.linalg.eigh(a.astype(np.float64))
-    null = v[:, w < 1e-6 * w[-1]]
+    assert int(info.iterations) < 20  # measured 12, then the decomposition
+    w, rng, null = _range_and_null(a)
     assert null.shape[1] == 256 - 48
-    # zero eigenvalues stay below sqrt(ridge * c) = 1.4e-3 (measured 9.2e-4)
-    ridge_root = np.sqrt(np.finfo(np.float32).eps * float(info.scale))
-    assert np.linalg.norm(null.T @ np.asarray(s, np.float64) @ null, 2) < ridge_root
+    s = np.asarray(s, np.float64)
+    assert np.linalg.norm(null.T @ s @ null, 2) < 2e-6  # measured 2.0e-7
+    reference = (rng * np.sqrt(w)) @ rng.T
+    assert testing.relative_error(s, reference) < 1e-5  # measured 8.1e-7
+    clamped_eigh = testing.relative_error(
+        eigh_clamped_root(a), reference
+    )  # float32 eigh with clamped eigenvalues: measured 3.9e-4
+    assert testing.relative_error(s, reference) < clamped_eigh
 
 
-def test_rank_deficient_inverse_root_takes_the_ridge():
-    """On the range of A the inverse root is accurate; on the null space it is the ridge's
-    (1 to 4) / sqrt(ridge * c), finite (round-off makes some null eigenvalues slightly
-    negative, and the series that removes the ridge gives 1.9 at a zero eigenvalue)."""
+def eigh_clamped_root(a):
+    """``V sqrt(max(l, 0)) V^T`` with ``jnp.linalg.eigh`` in the dtype of ``a``."""
+    w, v = jnp.linalg.eigh(jnp.asarray(a))
+    return (v * jnp.sqrt(jnp.maximum(w, 0))) @ v.T
+
+
+def test_rank_deficient_inverse_root_is_the_pseudo_inverse():
+    """On the range of A the inverse root is accurate; on the null space it is 0
+    (measured 5.8e-8 against ``||P||_2 = 0.75``), not the ridge's ``1 / sqrt(ridge c)``."""
     a = rank_deficient_covariance()
-    p, info = jaxsqrtm.inv_sqrtm(a, method="auto", return_info=True)
-    p = np.asarray(p, np.float64)
+    p = np.asarray(jaxsqrtm.inv_sqrtm(a, method="auto"), np.float64)
     assert np.all(np.isfinite(p))
-    w, v = np.linalg.eigh(a.astype(np.float64))
-    keep = w > 1e-6 * w[-1]
-    rng, null = v[:, keep], v[:, ~keep]
-    reference = (rng * w[keep] ** -0.5) @ rng.T
-    assert testing.relative_error(rng @ rng.T @ p @ rng @ rng.T, reference) < 1e-3  # 1.6e-4
-    ridge_inv_root = 1 / np.sqrt(np.finfo(np.float32).eps * float(info.scale))
-    null_norm = np.linalg.norm(null.T @ p @ null, 2)  # measured 3.2 x
-    assert ridge_inv_root < null_norm < 4 * ridge_inv_root
+    w, rng, null = _range_and_null(a)
+    reference = (rng * w**-0.5) @ rng.T
+    assert testing.relative_error(p, reference) < 1e-5  # measured 8.1e-7
+    assert np.linalg.norm(null.T @ p @ null, 2) < 1e-6  # measured 5.8e-8
+
+
+def indefinite_covariance(n, rank, negative, seed=0):
+    """A rank-``rank`` covariance whose null eigenvalues are replaced by values spread
+    over ``[-negative, 0]`` times the largest eigenvalue (float64)."""
+    features = np.random.default_rng(seed).standard_normal((rank + 1, n))
+    w, v = np.linalg.eigh(testing.covariance(features))
+    null = w < 1e-9 * w[-1]
+    w[null] = -negative * w[-1] * np.linspace(0, 1, int(null.sum()))
+    return (v * w) @ v.T
+
+
+@pytest.mark.parametrize("n", [64, 256])
+@pytest.mark.parametrize("negative", [2.4e-7, 1e-5, 1e-3])
+def test_indefinite_input_gives_the_root_of_the_psd_part(n, negative):
+    """Negative eigenvalues down to ``-1e-3 l_max``: the root of ``A_+`` (its negative
+    eigenvalues set to 0), as accurate as float32 ``eigh`` with clamped eigenvalues or
+    better, in the matrix and in its trace; the inverse root is the pseudo-inverse on
+    the range. Measured (root / trace) against the float64 root of ``A_+``: 8e-7 to
+    9e-7 / 4e-9 to 1.1e-7 at both sizes; clamped eigh the same where the negative
+    eigenvalues are clearly negative, 1.3e-4 to 1.7e-4 / 7e-5 to 9e-5 where they are
+    round-off-sized (``-2.4e-7 l_max``); inverse root 9e-7 to 1.2e-6."""
+    a = indefinite_covariance(n, n // 4, negative)
+    a32 = a.astype(np.float32)
+    w, rng, _ = _range_and_null(a)
+    reference = (rng * np.sqrt(w)) @ rng.T
+    root = np.asarray(jaxsqrtm.sqrtm(a32), np.float64)
+    clamped = np.asarray(eigh_clamped_root(a32), np.float64)
+    error = testing.relative_error(root, reference)
+    trace_error = abs(np.trace(root) / np.trace(reference) - 1)
+    assert error <= testing.relative_error(clamped, reference)
+    assert trace_error <= max(abs(np.trace(clamped) / np.trace(reference) - 1), 1e-6)
+    assert error < 1e-5
+    inverse = np.asarray(jaxsqrtm.inv_sqrtm(a32), np.float64)
+    assert testing.relative_error(inverse, (rng / np.sqrt(w)) @ rng.T) < 1e-5
+
+
+def test_tiny_negative_eigenvalue_does_not_spread():
+    """``diag(4, -1e-6)``: the positive direction keeps its root, the negative one is 0."""
+    a = jnp.diag(jnp.array([4.0, -1e-6]))
+    np.testing.assert_array_equal(jaxsqrtm.sqrtm(a), jnp.diag(jnp.array([2.0, 0.0])))
+    np.testing.assert_array_equal(jaxsqrtm.inv_sqrtm(a), jnp.diag(jnp.array([0.5, 0.0])))
+    for func in (jaxsqrtm.sqrtm, jaxsqrtm.inv_sqrtm):
+        grad = jax.grad(lambda a, func=func: jnp.sum(func(a)))(a)
+        assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-9, 1e-12])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_ridge_too_small_to_converge_is_handled(ridge, inverse):
+    """A ridge below the noise floor cannot make a rank-deficient input converge (or
+    gives non-finite iterates); those matrices are computed by the decomposition, so the
+    result is the same as with the default ridge."""
+    a = rank_deficient_covariance()
+    func = jaxsqrtm.inv_sqrtm if inverse else jaxsqrtm.sqrtm
+    out = func(a, ridge=ridge)
+    assert np.all(np.isfinite(out))
+    assert testing.relative_error(out, func(a)) < 1e-6
+
+
+def test_gradient_at_rank_deficient_and_indefinite_input_is_finite():
+    """The decomposition's Daleckii–Krein derivative there, equal to that of
+    ``method="eigh"``; the iteration's Lyapunov derivative elsewhere in the batch."""
+    a = np.stack(
+        [
+            rank_deficient_covariance()[:64, :64],
+            indefinite_covariance(64, 16, 1e-3).astype(np.float32),
+            testing.spd_matrix(64, 1e2, seed=2).astype(np.float32),
+        ]
+    )
+    g = np.random.default_rng(1).standard_normal(a.shape).astype(np.float32)
+    for func in (jaxsqrtm.sqrtm, jaxsqrtm.inv_sqrtm):
+
+        def loss(a, method, func=func):
+            return jnp.sum(func(a, method=method) * g)
+
+        auto, eigh = (jax.grad(loss)(a, method) for method in ("auto", "eigh"))
+        assert np.all(np.isfinite(auto))
+        assert testing.relative_error(auto[:2], eigh[:2]) < 1e-6
+        reference = testing.sqrtm_vjp_reference(a[2], g[2], inverse=func is jaxsqrtm.inv_sqrtm)
+        assert testing.relative_error(auto[2], reference) < 1e-4
 
 
 def test_ridge_knob():

@@ -4,6 +4,19 @@ Forward: optimally scaled coupled Newton–Schulz steps (:func:`scaled_newton_sc
 on ``A_hat + r I``, run until each matrix has converged, then the ridge ``r`` removed by a
 series (:func:`ridged_roots`). Both roots come out of one iteration.
 
+PSD semantics: a matrix whose spectrum reaches the noise floor (``l_min <= 2 r``,
+:func:`reaches_noise_floor`: rank-deficient or slightly indefinite input), whose
+iteration did not converge within ``max_iters`` (a ridge too small) or whose result is
+not finite (negative eigenvalues beyond the ridge) is computed instead by the
+eigendecomposition of :mod:`jaxsqrtm._methods.eigh`: the root of the PSD part with
+round-off-sized eigenvalues set to 0, and the pseudo-inverse of it for the inverse
+root. There the series cannot remove the ridge (a zero eigenvalue would come out near
+``0.375 sqrt(r)``, a bias that a trace sums over the whole null space), and matrix
+products cannot do better: their round-off is of the size ``sqrt(eps c)`` of the roots
+of the null space's round-off eigenvalues, whichever formula is used. The
+decomposition runs only when some matrix of the batch needs it (``lax.cond``; under
+``jax.vmap`` both branches run) and replaces only those matrices.
+
 Derivative (``jax.custom_jvp``, :func:`_accurate_jvp`): that of the exact roots at the
 computed ones. With ``S = A^(1/2) = sqrt(c) S_hat``, ``P = A^(-1/2) = P_hat / sqrt(c)``
 and ``X = L_{S_hat}^(-1)(dA)`` (``L_B(X) = B X + X B``)::
@@ -19,6 +32,11 @@ L_{S_hat}^(-1)(G) / sqrt(c)``, or ``L_{S_hat}^(-1)(-P_hat G P_hat) / c^(3/2)`` f
 inverse root, 2 more products), and since the rule calls :func:`_accurate` itself for
 the roots it differentiates, it can be differentiated again: reverse-over-reverse,
 forward-over-reverse and ``jax.hessian`` all work without differentiating the loop.
+
+For decomposed matrices the replay runs on the identity instead, so that it stays
+finite; their tangent is the decomposition's Daleckii–Krein one, which JAX takes through
+the ``lax.cond`` that selects them (outside this rule, so that the cond and its
+``jax.vmap`` form, a select, are differentiated by JAX itself).
 
 Residuals of reverse mode: ``S_hat`` (and ``P_hat`` for the inverse root), the step sizes
 (``max_iters`` per matrix), the step count and the scale.
@@ -39,13 +57,18 @@ from jaxsqrtm._matrix import (
     BOUNDS,
     eye_like,
     matrix_scale,
+    matvec,
     mm,
     normalized,
+    power_iterate,
     power_start,
     rescale,
     symmetrize,
 )
+from jaxsqrtm._methods.eigh import eigh_root
 from jaxsqrtm._methods.newton_schulz import coupled_step
+
+FLOOR_MATVECS = 8
 
 
 def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
@@ -122,10 +145,31 @@ def second_order_matters(z, r):
     up to n = 64 to 512, depending on the spectrum.
     """
     eps = float(jnp.finfo(z.dtype).eps)
-    frobenius2 = jnp.sum(z * z, axis=(-2, -1))
+    frobenius2 = jnp.sum(_abs2(z), axis=(-2, -1))
     row_sum = jnp.max(jnp.sum(jnp.abs(z), axis=-1), axis=-1)
     u = r * jnp.minimum(frobenius2, row_sum * row_sum)
     return u > 0.5 * eps**0.5
+
+
+def _abs2(z):
+    return jnp.real(z * jnp.conj(z)) if jnp.iscomplexobj(z) else z * z
+
+
+def reaches_noise_floor(z, r, *, precision):
+    """Whether the smallest eigenvalue of ``A_hat`` is at most ``2 r``, per matrix.
+
+    ``Z = (A_hat + r I)^(-1/2)`` has ``r ||Z||_2^2 = r / (l_min + r)``, which is at
+    least ``1/3`` exactly when ``l_min <= 2 r``: the spectrum reaches the round-off
+    level of the ridge (``2 eps c``, with the default ridge), where the series of
+    :func:`ridged_roots` no longer removes the ridge and a null eigenvalue would come
+    out near ``0.375 sqrt(r)``. ``||Z||_2`` is estimated by ``FLOOR_MATVECS`` steps of
+    power iteration (a lower bound; a null space or an isolated smallest eigenvalue
+    dominates ``Z`` and is found within a few steps).
+    """
+    estimate, _ = power_iterate(
+        lambda v: matvec(z, v, precision), power_start(z), num_iters=FLOOR_MATVECS
+    )
+    return r * estimate * estimate >= 1 / 3
 
 
 def ridged_roots(y, z, r, *, inverse: bool, precision):
@@ -186,12 +230,13 @@ def ridged_roots(y, z, r, *, inverse: bool, precision):
 class Accurate(NamedTuple):
     """Everything the accurate mode computes; also the residuals of its reverse mode."""
 
-    out: jax.Array  # A^(1/2) or A^(-1/2)
+    out: jax.Array  # A^(1/2) or A^(-1/2) by the iteration (not yet the decomposition's)
     scale: jax.Array  # c, with A_hat = A / c (the ridge's (1 + ridge) included)
     root: jax.Array  # S_hat = A_hat^(1/2)
     inverse_root: jax.Array | None  # P_hat = A_hat^(-1/2), inv_sqrtm only
     alphas: jax.Array  # (..., max_iters) step sizes of the forward iteration
     iterations: jax.Array  # (...,) steps taken
+    decomposed: jax.Array  # (...,) bool: ``out`` is the eigendecomposition's
 
 
 def _ridge(config: Config, dtype) -> float:
@@ -220,7 +265,22 @@ def accurate_roots(a, config: Config) -> Accurate:
     )
     scale = c * (1 + ridge)
     out = rescale(inverse_root if config.inverse else root, scale, config.inverse)
-    return Accurate(out, scale, root, inverse_root, alphas, iterations)
+    decomposed = _needs_decomposition(
+        root, inverse_root, z, ridge / (1 + ridge), iterations, config
+    )
+    return Accurate(out, scale, root, inverse_root, alphas, iterations, decomposed)
+
+
+def _needs_decomposition(root, inverse_root, z, r, iterations, config: Config):
+    """Matrices the iteration cannot serve, ``(...,)`` bool: a spectrum that reaches the
+    noise floor (rank-deficient or indefinite input, :func:`reaches_noise_floor`), an
+    iteration that did not converge within ``max_iters`` (a ridge too small for the
+    input), or a non-finite result (negative eigenvalues beyond the ridge, NaN input)."""
+    finite = jnp.all(jnp.isfinite(root), axis=(-2, -1))
+    if inverse_root is not None:
+        finite = finite & jnp.all(jnp.isfinite(inverse_root), axis=(-2, -1))
+    converged = iterations < config.max_iters
+    return ~finite | ~converged | reaches_noise_floor(z, r, precision=config.precision)
 
 
 @accurate_roots.defjvp
@@ -228,7 +288,7 @@ def _accurate_jvp(config, primals, tangents):
     (a,), (da,) = primals, tangents
     result = accurate_roots(a, config)  # itself, so that this rule differentiates again
     _, d_scale = jax.jvp(functools.partial(_scale, config=config), (a,), (da,))
-    d_out, d_root, d_inverse_root = _root_tangents(result, da, d_scale, config)
+    d_out, d_root, d_inverse_root = _root_tangents(_replayable(result), da, d_scale, config)
     return result, Accurate(
         out=d_out,
         scale=d_scale,
@@ -236,6 +296,27 @@ def _accurate_jvp(config, primals, tangents):
         inverse_root=d_inverse_root,
         alphas=jnp.zeros_like(result.alphas),
         iterations=jnp.zeros_like(result.iterations, dtype=jax.dtypes.float0),
+        decomposed=jnp.zeros_like(result.decomposed, dtype=jax.dtypes.float0),
+    )
+
+
+def _replayable(result: Accurate) -> Accurate:
+    """``result`` with the iteration's state of decomposed matrices replaced by that of
+    the identity (one unit step), so that the Lyapunov tangent, which the
+    decomposition's replaces there, stays finite (also under reverse mode, where a NaN
+    times a zero cotangent would still be NaN)."""
+    keep = ~result.decomposed
+
+    def identity_where_decomposed(x):
+        if x is None:
+            return None
+        return jnp.where(keep[..., None, None], x, eye_like(x))
+
+    return result._replace(
+        root=identity_where_decomposed(result.root),
+        inverse_root=identity_where_decomposed(result.inverse_root),
+        alphas=jnp.where(keep[..., None], result.alphas, 1),
+        iterations=jnp.where(keep, result.iterations, 1),
     )
 
 
@@ -266,7 +347,14 @@ def _root_tangents(result: Accurate, da, d_scale, config):
 
 def _root(a, config: Config) -> Root:
     result = accurate_roots(a, config)
-    return Root(result.out, result.scale, result.iterations)
+    # Outside the custom rule, so that JAX differentiates the cond (and its select
+    # under vmap) itself: the decomposition's own rule gives those matrices' tangents.
+    out = lax.cond(
+        jnp.any(result.decomposed),
+        lambda: jnp.where(result.decomposed[..., None, None], eigh_root(a, config)[0], result.out),
+        lambda: result.out,
+    )
+    return Root(out, result.scale, result.iterations)
 
 
 METHOD = Method(
