@@ -9,7 +9,8 @@ and float64 agree for every method but ``eigh`` and the accurate ``auto``. (At k
 1e8 in float32, the eigenvalues below the noise floor ``2 n^(1/4) eps max|l|``, 6.7e-7
 here, count as zero for ``auto`` and ``eigh``, which return the root of the PSD part
 without them and its pseudo-inverse: their figures there measure that cut. Clamped
-float32 ``eigh`` measured 3.6e-4 for the root.) ``tests/test_accurate.py`` holds the accurate mode's own table.
+float32 ``eigh`` measured 3.6e-4 for the root.) ``tests/test_accurate.py`` holds the
+accurate mode's own table.
 """
 
 import jax
