@@ -351,10 +351,20 @@ def _root(a, config: Config) -> Root:
     # under vmap) itself: the decomposition's own rule gives those matrices' tangents.
     out = lax.cond(
         jnp.any(result.decomposed),
-        lambda: jnp.where(result.decomposed[..., None, None], eigh_root(a, config)[0], result.out),
-        lambda: result.out,
+        lambda a, out, decomposed: _decomposed_where(a, out, decomposed, config),
+        lambda a, out, decomposed: out,
+        a,
+        result.out,
+        result.decomposed,
     )
     return Root(out, result.scale, result.iterations)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(3,))
+def _decomposed_where(a, out, decomposed, config):
+    """``out`` with the decomposed matrices' roots from ``eigh``; reverse mode keeps only
+    ``a`` and ``decomposed`` and decomposes again, when the batch has such a matrix."""
+    return jnp.where(decomposed[..., None, None], eigh_root(a, config)[0], out)
 
 
 METHOD = Method(
