@@ -11,9 +11,31 @@ reverse differentiation and ``shard_map``.
 from importlib import metadata as _metadata
 
 from jaxsqrtm._api import METHODS, RootInfo, inv_sqrtm, matmul_count, sqrtm
+from jaxsqrtm._distances import (
+    bures_wasserstein,
+    fidelity,
+    frechet_distance,
+    frechet_distance_from_features,
+    trace_sqrtm_product,
+)
+from jaxsqrtm._feature_statistics import FeatureStatistics, frechet_distance_from_statistics
 from jaxsqrtm._lyapunov import solve_lyapunov
 
-__all__ = ["METHODS", "RootInfo", "inv_sqrtm", "matmul_count", "solve_lyapunov", "sqrtm"]
+__all__ = [
+    "METHODS",
+    "FeatureStatistics",
+    "RootInfo",
+    "bures_wasserstein",
+    "fidelity",
+    "frechet_distance",
+    "frechet_distance_from_features",
+    "frechet_distance_from_statistics",
+    "inv_sqrtm",
+    "matmul_count",
+    "solve_lyapunov",
+    "sqrtm",
+    "trace_sqrtm_product",
+]
 
 try:
     __version__ = _metadata.version("jaxsqrtm")

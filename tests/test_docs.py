@@ -6,7 +6,9 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["_api", "_lyapunov", "linen"])
+@pytest.mark.parametrize(
+    "name", ["_api", "_lyapunov", "_distances", "_feature_statistics", "linen"]
+)
 def test_docstring_examples(name):
     if name == "linen":
         pytest.importorskip("flax")
