@@ -255,3 +255,31 @@ def _symmetric64(a) -> np.ndarray:
     """Symmetric part in float64, Hermitian part in complex128 for complex ``a``."""
     a = np.asarray(a, dtype=np.complex128 if np.iscomplexobj(a) else np.float64)
     return (a + _adjoint(a)) / 2
+
+
+# Knobs under which each method's forward is converged, so that its custom derivative is
+# the exact derivative of the computed function and finite differences can check it.
+CONVERGED_KNOBS = {
+    "auto": {},
+    "mpa": {"degree": 12, "normalization": "spectral", "backward_iters": 24},
+    "mtp": {"degree": 40, "normalization": "spectral", "backward_iters": 24},
+    "ns": {"num_iters": 12, "normalization": "spectral"},
+    "eigh": {},
+}
+
+
+def frechet_distance_reference(x1, x2) -> float:
+    """FID of features ``(N1, d)``, ``(N2, d)`` in float64, never forming a covariance.
+
+    ``||mu1 - mu2||^2 + tr S1 + tr S2 - 2 ||F1 F2^T||_* / sqrt((N1 - 1)(N2 - 1))`` with
+    ``F`` the centred features (``N <= d``) or ``R`` of their QR, and the nuclear norm
+    from ``numpy.linalg.svd``; unbiased covariances, as ``numpy.cov``.
+    """
+    x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
+    c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
+    n1, n2 = len(x1), len(x2)
+    f1 = np.linalg.qr(c1, mode="r") if n1 > c1.shape[1] else c1
+    f2 = np.linalg.qr(c2, mode="r") if n2 > c2.shape[1] else c2
+    nuclear = np.linalg.svd(f1 @ f2.T, compute_uv=False).sum() / np.sqrt((n1 - 1) * (n2 - 1))
+    traces = (c1**2).sum() / (n1 - 1) + (c2**2).sum() / (n2 - 1)
+    return float(((x1.mean(0) - x2.mean(0)) ** 2).sum() + traces - 2 * nuclear)

@@ -62,15 +62,7 @@ MEASURED = {
         True: ((1.4e-16, 1.3e-16, 1.1e-16), (4.8e-16, 4.3e-16, 6.9e-16)),
     },
 }
-# Knobs under which the forward is converged (as in test_transforms.py), so that finite
-# differences of the forward check the custom derivative.
-CONVERGED = {
-    "auto": {},
-    "mpa": {"degree": 12, "normalization": "spectral", "backward_iters": 24},
-    "mtp": {"degree": 40, "normalization": "spectral", "backward_iters": 24},
-    "ns": {"num_iters": 12, "normalization": "spectral"},
-    "eigh": {},
-}
+CONVERGED = testing.CONVERGED_KNOBS
 
 
 def hermitian(n, kappa, *, seed, **kwargs):

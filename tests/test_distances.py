@@ -41,18 +41,6 @@ def _d_trace_sqrtm_product_ref(a, b):
     return s @ testing.sqrtm_reference(s @ b @ s, inverse=True) @ s / 2
 
 
-def _frechet_ref(x1, x2):
-    """FID of float64 features from the SVD of a product of their factors."""
-    x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
-    c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
-    n1, n2 = len(x1), len(x2)
-    f1 = np.linalg.qr(c1, mode="r") if n1 > c1.shape[1] else c1
-    f2 = np.linalg.qr(c2, mode="r") if n2 > c2.shape[1] else c2
-    nuclear = _nuclear(f1 @ f2.T) / np.sqrt((n1 - 1) * (n2 - 1))
-    traces = (c1**2).sum() / (n1 - 1) + (c2**2).sum() / (n2 - 1)
-    return ((x1.mean(0) - x2.mean(0)) ** 2).sum() + traces - 2 * nuclear
-
-
 def _rel(x, ref):
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
     return float(np.max(np.abs(x - ref) / np.abs(ref)))
@@ -286,12 +274,18 @@ def test_check_grads_float64():
 def test_frechet_from_features_float32(feature_sets):
     mixed = (feature_sets["patches N < d"][0], feature_sets["patches N > d"][1])
     for name, (x1, x2) in [*feature_sets.items(), ("patches N1 < d < N2", mixed)]:
-        ref = _frechet_ref(x1, x2)
+        ref = testing.frechet_distance_reference(x1, x2)
         got = jaxsqrtm.frechet_distance_from_features(np.float32(x1), np.float32(x2))
         assert got.dtype == jnp.float32
         assert _rel(got, ref) < 1e-5, name  # measured <= 1e-6
     x1, x2 = feature_sets["patches N < d"]
-    assert _rel(jaxsqrtm.frechet_distance_from_features(x1, x2), _frechet_ref(x1, x2)) < 1e-12
+    assert (
+        _rel(
+            jaxsqrtm.frechet_distance_from_features(x1, x2),
+            testing.frechet_distance_reference(x1, x2),
+        )
+        < 1e-12
+    )
 
 
 def test_frechet_from_covariances(feature_sets):
@@ -304,7 +298,7 @@ def test_frechet_from_covariances(feature_sets):
 
     for name in ("patches N > d", "patches N < d"):
         x1, x2 = feature_sets[name]
-        ref = _frechet_ref(x1, x2)
+        ref = testing.frechet_distance_reference(x1, x2)
         mu1, mu2 = x1.mean(0), x2.mean(0)
         s1, s2 = np.cov(x1, rowvar=False), np.cov(x2, rowvar=False)
         assert _rel(jaxsqrtm.frechet_distance(mu1, s1, mu2, s2), ref) < 1e-8, name

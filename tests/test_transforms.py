@@ -16,15 +16,7 @@ import jaxsqrtm
 from jaxsqrtm import testing
 
 ROOTS = {"sqrtm": jaxsqrtm.sqrtm, "inv_sqrtm": jaxsqrtm.inv_sqrtm}
-# Knobs under which the forward is converged, so that the custom gradient is the exact
-# derivative of the computed function and finite differences can check it.
-CONVERGED = {
-    "auto": {},
-    "mpa": {"degree": 12, "normalization": "spectral", "backward_iters": 24},
-    "mtp": {"degree": 40, "normalization": "spectral", "backward_iters": 24},
-    "ns": {"num_iters": 12, "normalization": "spectral"},
-    "eigh": {},
-}
+CONVERGED = testing.CONVERGED_KNOBS
 
 
 def loss(root, method, **knobs):
