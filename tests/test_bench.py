@@ -20,7 +20,7 @@ import pytest
 
 import jaxsqrtm
 from jaxsqrtm import bench
-from jaxsqrtm.bench import blas, cases, cli, memory, report, workloads
+from jaxsqrtm.bench import blas, cases, cli, distances, memory, report, workloads
 
 SCREEN_LINES = 50
 
@@ -254,3 +254,109 @@ def test_application_workloads_use_their_shapes():
     assert found["covariance_pooling"][:2] == (8, 256)
     assert found["style_transfer"][:2] == (4, 512)
     assert "bfloat16" in found["style_transfer"][2]
+
+
+DISTANCE_TINY = [
+    "--quick",
+    "--workloads", "distances",
+    "--distance-dim", "24",
+    "--distance-samples", "16,40",
+    "--repeats", "1",
+    "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def distance_run(tmp_path_factory) -> tuple[dict, str]:
+    """One run of ``main`` of the ``distances`` workload at d = 24 (and the 64-dim digits)."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("skimage")
+    json_path = tmp_path_factory.mktemp("distances") / "bench.json"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert bench.main([*DISTANCE_TINY, "--json", str(json_path)]) == 0
+    return json.loads(json_path.read_text()), stdout.getvalue()
+
+
+def test_distance_cases_have_references_that_agree(distance_run):
+    result, _ = distance_run
+    assert result["rows"] == []
+    assert result["settings"]["distance_dim"] == 24
+    figures = result["distances"]
+    found = [(c["source"], c["dim"], c["samples"]) for c in figures["cases"]]
+    assert found[:2] == [("images", 24, [16, 16]), ("images", 24, [40, 40])]
+    assert found[2][:2] == ("digits", 64)
+    for case in figures["cases"]:
+        assert case["reference"] > 0
+        assert case["reference_agreement"] < 1e-6
+        assert len(case["traces"]) == len(case["rank"]) == 2
+    assert figures["cases"][0]["rank"][0] <= 15  # N - 1: rank-deficient
+    assert figures["cases"][1]["rank"][0] == 24
+
+
+def test_every_distance_column_has_a_value_error_and_time(distance_run):
+    figures = distance_run[0]["distances"]
+    expected = {m.name for m in distances.available_methods()}
+    assert "jaxsqrtm_features_float32" in expected
+    assert ("ott_bures" in expected) == distances.has_ott()
+    for case in figures["cases"]:
+        rows = [r for r in figures["rows"] if r["case"] == case["name"]]
+        assert {r["method"] for r in rows} == expected
+        for row in rows:
+            assert math.isfinite(row["value"])
+            assert row["error"] == pytest.approx(
+                abs(row["value"] - case["reference"]) / case["reference"]
+            )
+            assert row["dtype"] in ("float32", "float64")
+            assert row["data"] in ("covariances", "features")
+            assert 0 < row["min_s"] <= row["median_s"] <= row["max_s"]
+            assert row["repeats"] == 1
+            assert row["speedup"] > 0
+            assert (row["compile_s"] is None) == (row["method"] == distances.SCIPY)
+        eigh64 = next(r for r in rows if r["method"] == "eigh_float64")
+        assert eigh64["value"] == pytest.approx(case["reference_eigh"], rel=1e-6)  # same route
+
+
+def test_distance_summary_and_table(distance_run):
+    result, printed = distance_run
+    summary = result["distances"]["summary"]
+    assert summary["speedup_target"] == distances.SPEEDUP_TARGET
+    assert summary["dim"] == 24
+    image_cases = [c["name"] for c in result["distances"]["cases"] if c["source"] == "images"]
+    methods = {"jaxsqrtm_float32", "jaxsqrtm_float64", "jaxsqrtm_features_float32"}
+    found = {(e["case"], e["method"]) for e in summary["speedup"]}
+    assert found == {(case, method) for case in image_cases for method in methods}
+    for entry in summary["speedup"]:
+        assert entry["met"] == (entry["speedup"] >= distances.SPEEDUP_TARGET)
+    assert report.DISTANCES_TITLE in printed
+    assert "Speed target" in printed
+    assert "Time and error per shape" not in printed  # no root workload ran
+    for case in result["distances"]["cases"]:
+        assert case["label"] in printed
+
+
+def test_quick_preset_shrinks_the_distance_cases():
+    quick, full = workloads.quick_settings(), workloads.Settings()
+    assert full.distance_dim == 2048
+    assert min(full.distance_samples) < full.distance_dim < max(full.distance_samples)
+    assert quick.distance_dim < full.distance_dim
+    assert min(quick.distance_samples) < quick.distance_dim < max(quick.distance_samples)
+    assert "distances" in full.workloads
+    assert "distances" not in quick.workloads
+
+
+def test_scipy_formula_falls_back_to_an_offset_when_not_finite(monkeypatch):
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    calls = []
+    real_sqrtm = scipy_linalg.sqrtm
+
+    def sqrtm(a):
+        calls.append(a)
+        return np.full_like(a, np.nan) if len(calls) == 1 else real_sqrtm(a)
+
+    monkeypatch.setattr(scipy_linalg, "sqrtm", sqrtm)
+    s = np.diag([4.0, 1.0])
+    value = distances.scipy_fid(np.zeros(2), s, np.ones(2), s)
+    assert len(calls) == 2
+    np.testing.assert_allclose(calls[1], (s + 1e-6 * np.eye(2)) @ (s + 1e-6 * np.eye(2)))
+    assert value == pytest.approx(2.0, abs=1e-5)  # |mu1 - mu2|^2 + tr S + tr S - 2 tr S

@@ -15,7 +15,13 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("quickstart", "numerical_tests", "covariance_pooling", "style_transfer")
+NAMES = (
+    "quickstart",
+    "numerical_tests",
+    "covariance_pooling",
+    "style_transfer",
+    "frechet_distance",
+)
 CELL_TIMEOUT_S = 600
 
 

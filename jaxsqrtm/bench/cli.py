@@ -15,9 +15,12 @@ Time and accuracy of jaxsqrtm's matrix square roots against batch size and matri
 at the application shapes, next to eigh and jax.scipy.linalg.sqrtm: forward and
 forward+backward medians over interleaved repeats, compile time, a roofline ratio
 (time / (products x time of one batched product)), the relative error against a float64
-reference and the memory of reverse mode. BLAS libraries are held to one thread during
-the run (threadpoolctl), so that LAPACK does not compete with XLA for the cores. Prints
-Markdown tables to stdout (with --quick, one screen); --json keeps every figure."""
+reference and the memory of reverse mode. The distances workload computes the Fréchet
+distance (FID) of real-image features with SciPy's formula (pytorch-fid's), float32 and
+float64 eigh, OTT-JAX's costs.Bures (if installed) and jaxsqrtm, and compares their errors
+and times. BLAS libraries are held to one thread during the run (threadpoolctl), so that
+LAPACK does not compete with XLA for the cores. Prints Markdown tables to stdout (with
+--quick, one screen); --json keeps every figure."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -55,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--functions", type=_names(cases.FUNCTIONS))
     sweep.add_argument("--dtypes", type=_names(workloads.DTYPES), help="of sweeps and targets")
     sweep.add_argument("--app-dtypes", dest="application_dtypes", type=_names(workloads.DTYPES))
+    dim_help = "feature dimension of the distances workload's image cases"
+    sweep.add_argument("--distance-dim", type=int, help=dim_help)
+    samples_help = "samples per feature set, one image case each"
+    sweep.add_argument("--distance-samples", type=_ints, help=samples_help)
     measure = p.add_argument_group("measurement")
     measure.add_argument("--repeats", type=int, help="interleaved timed samples per case")
     measure.add_argument("--warmup", type=int, help="untimed calls per case")

@@ -285,19 +285,26 @@ def markdown(result: dict, *, compact: bool = False) -> str:
         compact: one table of every shape and method (fits a screen for the ``--quick``
             preset) instead of one table per figure and the targets in detail.
     """
-    settings = result["settings"]
     heading = f"# jaxsqrtm {result['versions']['jaxsqrtm']} benchmark"
+    parts = [heading + (", quick preset" if compact else ""), header(result)]
+    if result["rows"]:
+        parts += _root_parts(result, compact)
+    if result.get("distances"):
+        parts.append(distances_markdown(result["distances"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def _root_parts(result: dict, compact: bool) -> list[str]:
+    """Legend, targets and tables of the roots' workloads (all but ``distances``)."""
+    settings, rows = result["settings"], result["rows"]
     parts = [
-        heading + (", quick preset" if compact else ""),
-        header(result),
         legend(("ms", "error", "roofline", "methods", "eigh", "stock")),
         targets(result["summary"], settings["functions"]),
     ]
-    rows = result["rows"]
     if compact:
         caption = "**Time and error per shape** (roofline of forward+backward)"
         parts.append(caption + "\n\n" + shape_table(rows, settings))
-        return "\n\n".join(parts) + "\n"
+        return parts
     parts.append(_targets_markdown(result["summary"]))
     for kind, title, cell in SECTIONS:
         for function in settings["functions"]:
@@ -308,7 +315,7 @@ def markdown(result: dict, *, compact: bool = False) -> str:
                 f"**{title}: `{function}`**\n\n"
                 + pivot(selected, kind, list(settings["methods"]), cell, "shape")
             )
-    return "\n\n".join(parts) + "\n"
+    return parts
 
 
 def header(result: dict) -> str:
@@ -318,12 +325,21 @@ def header(result: dict) -> str:
     load = [environment.get(f"load_average_{when}") for when in ("before", "after")]
     load_text = f", load {load[0][0]} to {load[1][0]}" if all(load) else ""
     dtypes = ", ".join(dict.fromkeys(row["dtype"] for row in result["rows"]))
-    return paragraph(
+    text = (
         f"{device_text(device)}{load_text}; JAX {versions['jax']}, jaxlib {versions['jaxlib']}. "
-        f"{blas_text(environment)} Inputs: {dtypes} SPD matrices with a {settings['spectrum']} "
-        f"spectrum, condition number {settings['kappa']:g}; median of up to "
-        f"{settings['repeats']} interleaved repeats, compile time excluded."
+        f"{blas_text(environment)}"
     )
+    if result["rows"]:
+        text += (
+            f" Inputs: {dtypes} SPD matrices with a {settings['spectrum']} "
+            f"spectrum, condition number {settings['kappa']:g}; median of up to "
+            f"{settings['repeats']} interleaved repeats, compile time excluded."
+        )
+    elif result.get("distances"):
+        text += (
+            f" Median of up to {settings['repeats']} interleaved repeats, compile time excluded."
+        )
+    return paragraph(text)
 
 
 def shape_label(row: dict, with_dtype: bool) -> str:
@@ -459,3 +475,75 @@ def _auto_over_mpa_table(entries: list[dict]) -> str:
     body = [[shape] + [line.get(f, MISSING) for f in functions] for shape, line in cells.items()]
     header = ["auto / mpa fwd+bwd: median (fastest samples)", *functions]
     return table(header, body)
+
+
+DISTANCES_TITLE = "Fréchet distance (FID) of real-image features"
+
+
+def distances_markdown(figures: dict) -> str:
+    """The ``distances`` workload: its cases, one line per case and column, the speed target.
+
+    Args:
+        figures: :func:`jaxsqrtm.bench.distances.run`'s output (``result["distances"]``).
+    """
+    intro = paragraph(
+        f"**{DISTANCES_TITLE}**: grey 8x8 patches of scikit-image pictures (colour photographs "
+        "against grey-level pictures) mapped to d dimensions by a fixed random ReLU layer, and "
+        "scikit-learn's digits 0-4 against 5-9. Reference: float64, from the float64 "
+        "features without forming a covariance (singular values of the centred features' "
+        "product); eigh route: float64 eigendecompositions of the covariances, and its "
+        "difference from the reference. error: |FID - reference| / reference; ms: median, "
+        "compile time excluded; x scipy: SciPy's time over the column's. scipy: "
+        "scipy.linalg.sqrtm(S1 S2), its real part, on float64 covariances (pytorch-fid's "
+        "formula). float32 covariances are formed in float32 from float32 features."
+    )
+    cases = table(
+        ["case", "reference FID", "eigh route (difference)", "tr S1 + tr S2", "rank S1, S2"],
+        [
+            [
+                c["label"],
+                f"{c['reference']:.9g}",
+                f"{c['reference_eigh']:.9g} ({error_text(c['reference_agreement'])})",
+                f"{sum(c['traces']):.6g}",
+                f"{c['rank'][0]}, {c['rank'][1]}",
+            ]
+            for c in figures["cases"]
+        ],
+    )
+    labels = {c["name"]: c["label"] for c in figures["cases"]}
+    body, previous = [], None
+    for row in figures["rows"]:
+        first = row["case"] != previous
+        previous = row["case"]
+        body.append(
+            [
+                labels[row["case"]] if first else "",
+                row["label"],
+                row["dtype"],
+                row["data"],
+                f"{row['value']:.6g}",
+                error_text(row["error"]),
+                milliseconds(row["median_s"]),
+                MISSING if row["speedup"] is None else f"{row['speedup']:.3g}",
+            ]
+        )
+    header_ = ["case", "method", "dtype", "from", "FID", "error", "ms", "x scipy"]
+    target = _speed_target(figures["summary"], labels)
+    return "\n\n".join([intro, cases, table(header_, body), target])
+
+
+def _speed_target(summary_: dict, labels: dict[str, str]) -> str:
+    """The jaxsqrtm columns' speed-up over SciPy at the largest image dimension, per case."""
+    if not summary_["speedup"]:
+        return "**Speed target**: no image case with SciPy and jaxsqrtm timed."
+    target = summary_["speedup_target"]
+    cases: dict[str, list[str]] = {}
+    for entry in summary_["speedup"]:
+        cases.setdefault(entry["case"], []).append(
+            f"{entry['method']} {entry['speedup']:.3g}x {'✓' if entry['met'] else '✗'}"
+        )
+    parts = [f"{labels[case]}: {', '.join(found)}" for case, found in cases.items()]
+    return paragraph(
+        f"**Speed target**: jaxsqrtm's FID at d = {summary_['dim']} ≥ {target:g}x faster than "
+        f"scipy.linalg.sqrtm(S1 S2). {'; '.join(parts)}."
+    )

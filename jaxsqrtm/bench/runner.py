@@ -21,7 +21,7 @@ import numpy as np
 
 import jaxsqrtm
 from jaxsqrtm import testing
-from jaxsqrtm.bench import blas, cases, memory, report, timing, workloads
+from jaxsqrtm.bench import blas, cases, distances, memory, report, timing, workloads
 
 
 def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dict:
@@ -35,21 +35,27 @@ def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dic
         A JSON-ready dict with keys ``created``, ``device``, ``versions``,
         ``environment`` (thread variables, BLAS libraries and their thread counts at the
         end of the run, load averages), ``settings``, ``products`` (one
-        batched product per shape), ``rows``, ``summary`` and ``elapsed_s``.
+        batched product per shape), ``rows``, ``summary``, ``distances``
+        (:func:`jaxsqrtm.bench.distances.run`'s figures, ``None`` when that workload is
+        not selected) and ``elapsed_s``.
     """
     start = time.perf_counter()
     load_before = load_average()
     methods = cases.available_methods(settings.methods)
     settings = dataclasses.replace(settings, methods=methods)
     plan = workloads.plan_groups(settings)
-    bar = progress_bar(sum(steps(group, settings) for group in plan), progress)
-    products, rows = [], []
+    with_distances = "distances" in settings.workloads
+    total = sum(steps(group, settings) for group in plan)
+    bar = progress_bar(total + (distances.steps(settings) if with_distances else 0), progress)
+    products, rows, distance_figures = [], [], None
     try:
         for group in plan:
             bar.set_description(f"{group.batch}x{group.n}x{group.n}")
             group_products, group_rows = run_group(group, settings, bar)
             products += group_products
             rows += group_rows
+        if with_distances:
+            distance_figures = distances.run(settings, bar)
     finally:
         bar.close()
     return {
@@ -66,6 +72,7 @@ def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dic
         "products": products,
         "rows": rows,
         "summary": report.summary(rows),
+        "distances": distance_figures,
         "elapsed_s": time.perf_counter() - start,
     }
 

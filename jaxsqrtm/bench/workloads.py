@@ -3,7 +3,8 @@
 A workload is one ``batch x n x n`` shape with a purpose (a point of the batch sweep, of
 the size sweep, a target shape or an application). Workloads with the same shape and the
 same input matrices are merged into one :class:`Group`, timed once and tagged with every
-workload it serves.
+workload it serves. The ``distances`` workload (Fréchet distances of feature sets,
+:mod:`jaxsqrtm.bench.distances`) has no such shape and plans its own cases.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from jaxsqrtm import testing
 
-WORKLOAD_KINDS = ("batch", "size", "target", "application")
+WORKLOAD_KINDS = ("batch", "size", "target", "application", "distances")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 # (name, batch, n, matrix source); the covariance-pooling batch comes from the settings.
@@ -54,7 +55,10 @@ class Settings:
             (:data:`jaxsqrtm.testing.SPECTRA`).
         digits_ridge: ridge, relative to the largest eigenvalue, added to the digits
             pixel covariance (which is singular) of the decorrelated-BN application.
-        seed: seed of the matrices and cotangents.
+        distance_dim: feature dimension of the image cases of the ``distances`` workload.
+        distance_samples: samples per feature set, one image case each (fewer and more
+            than ``distance_dim``).
+        seed: seed of the matrices and cotangents (and of the features of ``distances``).
     """
 
     batches: tuple[int, ...] = (1, 4, 16, 64, 256)
@@ -75,6 +79,8 @@ class Settings:
     kappa: float = 100.0
     spectrum: str = "marchenko_pastur"
     digits_ridge: float = 1e-3
+    distance_dim: int = 2048
+    distance_samples: tuple[int, ...] = (1200, 4096)
     seed: int = 0
 
 
@@ -82,7 +88,7 @@ def quick_settings(**overrides) -> Settings:
     """A subset of the full run that finishes in under two minutes on a 2-core CPU.
 
     Three shapes (1 x 64 x 64, 64 x 64 x 64 and 256 x 32 x 32), compiling each case once,
-    dominate its time.
+    dominate its time. The ``distances`` workload, when selected, runs at ``d = 256``.
     """
     quick = {
         "batches": (1, 64),
@@ -91,6 +97,8 @@ def quick_settings(**overrides) -> Settings:
         "repeats": 3,
         "min_repeats": 1,
         "max_case_s": 0.3,
+        "distance_dim": 256,
+        "distance_samples": (150, 512),
     }
     return Settings(**{**quick, **overrides})
 
