@@ -8,139 +8,43 @@ The five applications of Song, Sebe & Wang (TPAMI 2022):
 * :class:`SecondOrderViTHead`: So-ViT head, class token plus covariance-pooled tokens.
 * :class:`AttentiveCovariancePooling`: covariance pooling of video features with learned
   attention over positions and frames.
-* :func:`whitening_coloring_transform`: WCT for style transfer.
+* :func:`whitening_coloring_transform`: WCT for style transfer (it needs no Flax: it is
+  :func:`jaxsqrtm.functional.whitening_coloring_transform`, re-exported here).
 
-Every layer takes the root's ``method`` (``None``: the library's default) and a mapping
-``sqrtm_options`` of the other keyword arguments of :func:`jaxsqrtm.sqrtm` (``degree``,
-``num_iters``, ``normalization``, ``backward_iters``, ``precision``), which the library
-validates. Statistics are computed in at least float32 whatever the input dtype.
+The same layers for Flax NNX are in :mod:`jaxsqrtm.nnx`; both are thin front-ends over the
+Flax-free functions of :mod:`jaxsqrtm.functional`, and compute the same numbers given the
+same parameters and statistics.
+
+Every layer takes the root's ``method`` (``None``: the library's default, ``"auto"``) and
+a mapping ``sqrtm_options`` of the other keyword arguments of :func:`jaxsqrtm.sqrtm`
+(``degree``, ``num_iters``, ``normalization``, ``backward_iters``, ``max_iters``,
+``ridge``, ``precision``), which the library validates. The ridge added to a covariance
+is called ``epsilon`` everywhere. Statistics are computed in at least float32 whatever
+the input dtype.
 
 This module needs Flax (``pip install jaxsqrtm[linen]``); the core package does not.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
-from flax.linen import dtypes
-from jax import lax
 
-import jaxsqrtm
+from jaxsqrtm import functional
+from jaxsqrtm.functional import OUTPUTS
 
 __all__ = [
+    "OUTPUTS",
     "AttentiveCovariancePooling",
     "CovariancePooling",
     "DecorrelatedBatchNorm",
     "SecondOrderViTHead",
     "whitening_coloring_transform",
 ]
-
-OUTPUTS = ("triu", "matrix")
-
-_HIGHEST = lax.Precision.HIGHEST
-
-
-def _statistics_dtype(dtype):
-    """At least float32: half-precision inputs get float32 statistics, float64 stays."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
-def _matrix_root(a, *, inverse: bool, method: str | None, sqrtm_options: Mapping | None):
-    """``A^(1/2)`` or ``A^(-1/2)`` with the layer's method and knobs.
-
-    ``method=None`` leaves the choice to the library's default.
-    """
-    options = dict(sqrtm_options or {})
-    if "method" in options:
-        raise ValueError(
-            f"sqrtm_options must not contain 'method' (got {options['method']!r}); "
-            "pass it as the layer's `method` attribute"
-        )
-    if options.get("return_info"):
-        raise ValueError("sqrtm_options must not set 'return_info': the layers use the root itself")
-    if method is not None:
-        options["method"] = method
-    root = jaxsqrtm.inv_sqrtm if inverse else jaxsqrtm.sqrtm
-    return root(a, **options)
-
-
-def _check_rank(x, ranks: tuple[int, ...], where: str, layout: str) -> None:
-    if x.ndim not in ranks:
-        raise ValueError(
-            f"{where}: expected input of rank {' or '.join(map(str, ranks))} ({layout}); "
-            f"got shape {tuple(x.shape)} of rank {x.ndim}"
-        )
-
-
-def _check_output(output: str, where: str) -> None:
-    if output not in OUTPUTS:
-        raise ValueError(f"{where}: output must be one of {OUTPUTS}, got {output!r}")
-
-
-def _weighted_covariance(tokens, weights=None):
-    """Covariance of ``(..., P, C)`` tokens over their ``P`` positions.
-
-    ``mu = sum_p w_p x_p``, ``Sigma = sum_p w_p (x_p - mu)(x_p - mu)^T`` with ``w_p = 1/P``
-    when ``weights`` (``(..., P)``, summing to 1) is ``None``.
-
-    Returns:
-        ``(mean, covariance)`` of shapes ``(..., C)`` and ``(..., C, C)``.
-    """
-    if weights is None:
-        weights = jnp.full(tokens.shape[:-1], 1 / tokens.shape[-2], tokens.dtype)
-    mean = jnp.einsum("...p,...pc->...c", weights, tokens, precision=_HIGHEST)
-    centered = tokens - mean[..., None, :]
-    covariance = jnp.einsum(
-        "...p,...pi,...pj->...ij", weights, centered, centered, precision=_HIGHEST
-    )
-    return mean, covariance
-
-
-def _power_normalize(covariance, *, compensate, epsilon, method, sqrtm_options):
-    """Matrix power normalisation ``sqrt(tr A) * (A / tr A + eps I)^(1/2)``.
-
-    Pre-normalisation by the trace makes the root scale-free; post-compensation by
-    ``sqrt(tr A)`` (when ``compensate``) restores the magnitude (iSQRT-COV). A zero matrix
-    gives a zero root.
-    """
-    trace = jnp.trace(covariance, axis1=-2, axis2=-1)[..., None, None]
-    trace = jnp.where(trace > 0, trace, 1)
-    normalized = covariance / trace
-    if epsilon:
-        normalized = normalized + epsilon * jnp.eye(covariance.shape[-1], dtype=trace.dtype)
-    root = _matrix_root(normalized, inverse=False, method=method, sqrtm_options=sqrtm_options)
-    return root * jnp.sqrt(trace) if compensate else root
-
-
-def _format_output(root, output):
-    """``(..., C, C)`` as it is (``"matrix"``) or as its ``C (C + 1) / 2`` upper-triangular
-    entries, row by row (``"triu"``)."""
-    if output == "matrix":
-        return root
-    rows, cols = np.triu_indices(root.shape[-1])
-    return root[..., rows, cols]
-
-
-def _pooled_covariance_root(tokens, weights, module):
-    """Shared body of the pooling layers: covariance, power normalisation, output."""
-    stats = tokens.astype(_statistics_dtype(tokens.dtype))
-    if weights is not None:
-        weights = weights.astype(stats.dtype)
-    _, covariance = _weighted_covariance(stats, weights)
-    root = _power_normalize(
-        covariance,
-        compensate=module.compensate,
-        epsilon=module.epsilon,
-        method=module.method,
-        sqrtm_options=module.sqrtm_options,
-    )
-    dtype = module.dtype if module.dtype is not None else tokens.dtype
-    return _format_output(root, module.output).astype(dtype)
 
 
 class DecorrelatedBatchNorm(nn.Module):
@@ -156,6 +60,7 @@ class DecorrelatedBatchNorm(nn.Module):
     CVPR 2018; Song et al., TPAMI 2022). ``W`` is computed with
     :func:`jaxsqrtm.inv_sqrtm` and the chosen ``method``; cost per step is one
     ``g x g`` inverse root per group plus ``O(M C g)`` for the covariance and whitening.
+    The computation is :func:`jaxsqrtm.functional.decorrelated_batch_norm`.
 
     Conventions follow :class:`flax.linen.BatchNorm`: running ``mean`` (``(C,)``) and
     ``whitening`` (``(C / g, g, g)``, starting at the identity) live in the
@@ -165,12 +70,29 @@ class DecorrelatedBatchNorm(nn.Module):
     devices with :func:`jax.lax.pmean` (skipped while initialising; every device must
     hold the same number of samples).
 
+    Groups larger than the rank of what feeds them: a group of ``g`` channels right
+    after a layer of rank below ``g`` (e.g. ``g = 16`` after a ``3 x 3`` convolution of
+    a 1-channel image, rank <= 9) has a singular covariance. The default ``epsilon``
+    (0 with ``"auto"`` and ``"eigh"``) whitens it with the pseudo-inverse root, 0 on
+    the null space. The paper's ridge ``epsilon=1e-5`` multiplies the null directions by
+    ``1/sqrt(epsilon)`` (~316) instead: harmless in training, where the centred batch
+    has no component there, but in evaluation the running statistics (built from
+    earlier weights) do, and the accuracy collapses (measured on the digits, 3 seeds,
+    both front-ends: 22-51% in evaluation against 97-98% with batch statistics; with
+    the default, evaluation at or above training). ``"mpa"``, ``"mtp"`` and ``"ns"``
+    have no pseudo-inverse and keep the paper's ``1e-5`` by default; their
+    approximations stay bounded at a zero eigenvalue, and on the same model evaluation
+    is within 0.3 points of training. Groups no larger than the rank of the input
+    (here ``group_size=8``) avoid the question.
+
     Attributes:
         use_running_average: use the stored statistics instead of the batch's; may be
             given here or at call time, not both.
         group_size: channels per whitened group; must divide the channel count.
         momentum: decay rate of the running statistics.
-        epsilon: ridge added to each group covariance.
+        epsilon: ridge added to each group covariance (``None``: 0 with ``"auto"`` and
+            ``"eigh"``, the paper's ``1e-5`` with ``"mpa"``, ``"mtp"`` and ``"ns"``; see
+            :func:`jaxsqrtm.functional.default_whitening_epsilon`).
         dtype: output dtype (default: from the input and parameters).
         param_dtype: dtype of ``scale`` and ``bias``.
         use_bias: add a learnable per-channel ``bias``.
@@ -201,7 +123,7 @@ class DecorrelatedBatchNorm(nn.Module):
     use_running_average: bool | None = None
     group_size: int = 16
     momentum: float = 0.99
-    epsilon: float = 1e-5
+    epsilon: float | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
     use_bias: bool = True
@@ -217,102 +139,53 @@ class DecorrelatedBatchNorm(nn.Module):
     def __call__(self, x, use_running_average: bool | None = None):
         """Whitens ``x`` of shape ``(..., C)`` (e.g. ``(N, C)``, ``(N, H, W, C)``,
         ``(N, T, H, W, C)``); returns the same shape."""
+        func = "DecorrelatedBatchNorm"
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
-        num_groups = _check_groups(x.shape, self.group_size)
-        channels, g = x.shape[-1], self.group_size
-        stats_dtype = _statistics_dtype(x.dtype)
-
-        running_mean = self.variable(
-            "batch_stats", "mean", lambda: jnp.zeros((channels,), stats_dtype)
+        x = jnp.asarray(x)
+        functional._check_groups(func, x.shape, self.group_size)
+        channels = x.shape[-1]
+        functional._check_decorrelated_batch_norm(
+            func, channels, self.group_size, self.momentum, self.epsilon
         )
-        running_whitening = self.variable(
-            "batch_stats",
-            "whitening",
-            lambda: jnp.broadcast_to(jnp.eye(g, dtype=stats_dtype), (num_groups, g, g)),
-        )
+        stats_dtype = functional._statistics_dtype(x.dtype)
 
-        samples = x.astype(stats_dtype).reshape(-1, num_groups, g)
-        if use_running_average:
-            mean = running_mean.value.astype(stats_dtype).reshape(num_groups, g)
-            whitening = running_whitening.value.astype(stats_dtype)
-        else:
-            initializing = self.is_initializing()
-            mean, covariance = _group_statistics(
-                samples,
-                axis_name=None if initializing else self.axis_name,
-                axis_index_groups=self.axis_index_groups,
-            )
-            ridge = self.epsilon * jnp.eye(g, dtype=stats_dtype)
-            whitening = _matrix_root(
-                covariance + ridge,
-                inverse=True,
-                method=self.method,
-                sqrtm_options=self.sqrtm_options,
-            )
-            if not initializing:
-                running_mean.value = _moving_average(
-                    running_mean.value, mean.reshape(channels), self.momentum
-                )
-                running_whitening.value = _moving_average(
-                    running_whitening.value, whitening, self.momentum
-                )
+        def initial(index):
+            return lambda: functional.init_decorrelated_batch_norm(
+                channels, self.group_size, stats_dtype
+            )[index]
 
-        whitened = jnp.einsum("mgi,gij->mgj", samples - mean, whitening, precision=_HIGHEST)
-        y = whitened.reshape(x.shape)
-        args = [x]
+        running_mean = self.variable("batch_stats", "mean", initial(0))
+        running_whitening = self.variable("batch_stats", "whitening", initial(1))
+        scale = bias = None
         if self.use_scale:
             scale = self.param("scale", self.scale_init, (channels,), self.param_dtype)
-            y = y * scale
-            args.append(scale)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (channels,), self.param_dtype)
-            y = y + bias
-            args.append(bias)
-        return y.astype(dtypes.canonicalize_dtype(*args, dtype=self.dtype))
 
-
-def _check_groups(shape, group_size) -> int:
-    """Number of channel groups; ``ValueError`` naming the shape and group size."""
-    if len(shape) < 2:
-        raise ValueError(
-            "DecorrelatedBatchNorm: expected input of rank >= 2 with channels last, e.g. "
-            f"(N, C), (N, H, W, C) or (N, T, H, W, C); got shape {tuple(shape)}"
+        initializing = self.is_initializing()
+        y, mean, whitening = functional._decorrelated_batch_norm(
+            func,
+            x,
+            running_mean.value,
+            running_whitening.value,
+            use_running_average=bool(use_running_average),
+            scale=scale,
+            bias=bias,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            method=self.method,
+            sqrtm_options=self.sqrtm_options,
+            axis_name=None if initializing else self.axis_name,
+            axis_index_groups=self.axis_index_groups,
+            update_statistics=not initializing,
+            dtype=self.dtype,
         )
-    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
-        raise TypeError(f"DecorrelatedBatchNorm: group_size must be an int, got {group_size!r}")
-    channels = shape[-1]
-    if group_size < 1 or channels % group_size:
-        raise ValueError(
-            f"DecorrelatedBatchNorm: group_size={group_size} does not divide the "
-            f"{channels} channels of input shape {tuple(shape)}"
-        )
-    return channels // group_size
-
-
-def _group_statistics(samples, *, axis_name, axis_index_groups):
-    """Mean ``(G, g)`` and covariance ``(G, g, g)`` of ``(M, G, g)`` samples.
-
-    Two passes, each averaged over ``axis_name`` when given: the global mean, then the
-    second moment about it, so that equal-sized shards give the statistics of their
-    union.
-    """
-
-    def mean_over_devices(value):
-        if axis_name is None:
-            return value
-        return lax.pmean(value, axis_name, axis_index_groups=axis_index_groups)
-
-    mean = mean_over_devices(jnp.mean(samples, axis=0))
-    centered = samples - mean
-    second_moment = jnp.einsum("mgi,mgj->gij", centered, centered, precision=_HIGHEST)
-    covariance = mean_over_devices(second_moment / samples.shape[0])
-    return mean, covariance
-
-
-def _moving_average(running, batch, momentum):
-    return (momentum * running + (1 - momentum) * batch).astype(running.dtype)
+        if not use_running_average and not initializing:
+            running_mean.value = mean
+            running_whitening.value = whitening
+        return y
 
 
 class _CovariancePoolingFields(nn.Module):
@@ -327,20 +200,42 @@ class _CovariancePoolingFields(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _settings(self) -> dict:
+        return dict(
+            output=self.output,
+            compensate=self.compensate,
+            epsilon=self.epsilon,
+            method=self.method,
+            sqrtm_options=self.sqrtm_options,
+            dtype=self.dtype,
+        )
+
+    def _reduction(self):
+        if self.reduced_channels is None:
+            return None
+        return nn.Dense(
+            self.reduced_channels,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="reduction",
+        )
+
 
 class CovariancePooling(_CovariancePoolingFields):
     """Global covariance pooling with matrix power normalisation (iSQRT-COV style).
 
     For ``(N, H, W, C)`` feature maps or ``(N, L, C)`` token sequences: an optional
-    linear channel reduction to ``C' = reduced_channels`` (a 1x1 convolution), the
-    covariance ``A`` (``C' x C'``) of the ``P = H W`` (or ``L``) positions, and
+    linear channel reduction to ``C' = reduced_channels`` (a 1x1 convolution, parameters
+    ``reduction/kernel`` and ``reduction/bias``), the covariance ``A`` (``C' x C'``) of
+    the ``P = H W`` (or ``L``) positions, and
 
         ``Y = sqrt(tr A) * (A / tr A + epsilon I)^(1/2)``
 
     (pre-normalisation by the trace, square root by :func:`jaxsqrtm.sqrtm` with the
     chosen ``method``, post-compensation by ``sqrt(tr A)`` when ``compensate``). Output:
     the ``C' (C' + 1) / 2`` upper-triangular entries of ``Y`` (``output="triu"``), or
-    ``Y`` itself (``output="matrix"``).
+    ``Y`` itself (``output="matrix"``). The computation is
+    :func:`jaxsqrtm.functional.covariance_pooling`.
 
     Attributes:
         reduced_channels: channels after the 1x1 reduction (``None``: no reduction).
@@ -349,8 +244,8 @@ class CovariancePooling(_CovariancePoolingFields):
         epsilon: ridge added to the trace-normalised covariance.
         method: root method (``None``: the library's default).
         sqrtm_options: other keyword arguments of :func:`jaxsqrtm.sqrtm`.
-        dtype: output dtype (default: the dtype of the features); the covariance and
-            root are computed in at least float32.
+        dtype: output dtype and computation dtype of the reduction (default: the dtype
+            of the features); the covariance and root are computed in at least float32.
         param_dtype: dtype of the reduction's parameters.
 
     Example:
@@ -367,22 +262,9 @@ class CovariancePooling(_CovariancePoolingFields):
     def __call__(self, x):
         """Pools ``(N, H, W, C)`` or ``(N, L, C)`` features into ``(N, C'(C'+1)/2)`` or
         ``(N, C', C')``."""
-        _check_rank(x, (3, 4), "CovariancePooling", "(N, L, C) tokens or (N, H, W, C) maps")
-        _check_output(self.output, "CovariancePooling")
-        x = _reduce_channels(self, x)
-        tokens = x.reshape(x.shape[0], -1, x.shape[-1])
-        return _pooled_covariance_root(tokens, None, self)
-
-
-def _reduce_channels(module, x):
-    if module.reduced_channels is None:
-        return x
-    return nn.Dense(
-        module.reduced_channels,
-        dtype=module.dtype,
-        param_dtype=module.param_dtype,
-        name="reduction",
-    )(x)
+        return functional._covariance_pooling(
+            "CovariancePooling", jnp.asarray(x), reduce=self._reduction(), **self._settings()
+        )
 
 
 class SecondOrderViTHead(nn.Module):
@@ -393,7 +275,8 @@ class SecondOrderViTHead(nn.Module):
         ``logits = Dense(x[:, 0]) + Dense(CovariancePooling(x[:, 1:]))``
 
     where the covariance pooling of the ``L`` visual tokens (optionally reduced to
-    ``reduced_channels``) is power-normalised by :func:`jaxsqrtm.sqrtm`.
+    ``reduced_channels``) is power-normalised by :func:`jaxsqrtm.sqrtm`. Parameters:
+    ``class_head``, ``covariance_pooling`` (its ``reduction``) and ``covariance_head``.
 
     Attributes:
         num_classes: number of output logits.
@@ -427,25 +310,22 @@ class SecondOrderViTHead(nn.Module):
     @nn.compact
     def __call__(self, x):
         """Logits ``(N, num_classes)`` from tokens ``(N, 1 + L, C)``, class token first."""
-        _check_rank(x, (3,), "SecondOrderViTHead", "(N, 1 + L, C) tokens, class token first")
-        if x.shape[1] < 2:
-            raise ValueError(
-                "SecondOrderViTHead: expected a class token and at least one visual token, "
-                f"got shape {tuple(x.shape)}"
-            )
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        class_logits = nn.Dense(self.num_classes, name="class_head", **dense)(x[:, 0])
-        pooled = CovariancePooling(
-            reduced_channels=self.reduced_channels,
-            compensate=self.compensate,
-            epsilon=self.epsilon,
-            method=self.method,
-            sqrtm_options=self.sqrtm_options,
-            name="covariance_pooling",
-            **dense,
-        )(x[:, 1:])
-        covariance_logits = nn.Dense(self.num_classes, name="covariance_head", **dense)(pooled)
-        return class_logits + covariance_logits
+        return functional._second_order_vit_head(
+            "SecondOrderViTHead",
+            jnp.asarray(x),
+            class_head=nn.Dense(self.num_classes, name="class_head", **dense),
+            pool=CovariancePooling(
+                reduced_channels=self.reduced_channels,
+                compensate=self.compensate,
+                epsilon=self.epsilon,
+                method=self.method,
+                sqrtm_options=self.sqrtm_options,
+                name="covariance_pooling",
+                **dense,
+            ),
+            covariance_head=nn.Dense(self.num_classes, name="covariance_head", **dense),
+        )
 
 
 class AttentiveCovariancePooling(_CovariancePoolingFields):
@@ -453,7 +333,7 @@ class AttentiveCovariancePooling(_CovariancePoolingFields):
 
     For ``(N, T, H, W, C)`` features (optionally reduced to ``C'`` channels), scores
     ``s_{t,p} = x_{t,p} . u`` per position and ``r_t = mean_p(x_{t,p}) . v`` per frame
-    give the weights
+    (``Dense(1)`` layers ``position_attention`` and ``frame_attention``) give the weights
 
         ``w_{t,p} = softmax_t(r)_t * softmax_p(s_{t,.})_p``  (summing to 1 over ``T H W``),
 
@@ -461,6 +341,7 @@ class AttentiveCovariancePooling(_CovariancePoolingFields):
     power-normalised as in :class:`CovariancePooling`. The scoring vectors start at zero,
     so at initialisation the layer is plain covariance pooling over all ``T H W``
     positions. The weights ``(N, T, H, W)`` are sown as ``'intermediates'/'attention'``.
+    The computation is :func:`jaxsqrtm.functional.attentive_covariance_pooling`.
 
     Attributes:
         reduced_channels: channels after the 1x1 reduction (``None``: no reduction).
@@ -469,7 +350,8 @@ class AttentiveCovariancePooling(_CovariancePoolingFields):
         epsilon: ridge added to the trace-normalised covariance.
         method: root method (``None``: the library's default).
         sqrtm_options: other keyword arguments of :func:`jaxsqrtm.sqrtm`.
-        dtype: output dtype (default: the dtype of the features).
+        dtype: output dtype and computation dtype of the dense layers (default: the
+            dtype of the features).
         param_dtype: dtype of the parameters.
 
     Example:
@@ -485,29 +367,19 @@ class AttentiveCovariancePooling(_CovariancePoolingFields):
     @nn.compact
     def __call__(self, x):
         """Pools ``(N, T, H, W, C)`` features into ``(N, C'(C'+1)/2)`` or ``(N, C', C')``."""
-        _check_rank(x, (5,), "AttentiveCovariancePooling", "(N, T, H, W, C) video features")
-        _check_output(self.output, "AttentiveCovariancePooling")
-        x = _reduce_channels(self, x)
         score = dict(
             kernel_init=nn.initializers.zeros, dtype=self.dtype, param_dtype=self.param_dtype
         )
-        position_scores = nn.Dense(1, name="position_attention", **score)(x)[..., 0]
-        frame_scores = nn.Dense(1, name="frame_attention", **score)(x.mean(axis=(2, 3)))[..., 0]
-        weights = _space_time_weights(position_scores, frame_scores)
-        self.sow("intermediates", "attention", weights)
-        n, t, h, w, c = x.shape
-        return _pooled_covariance_root(
-            x.reshape(n, t * h * w, c), weights.reshape(n, t * h * w), self
+        pooled, weights = functional._attentive_covariance_pooling(
+            "AttentiveCovariancePooling",
+            jnp.asarray(x),
+            score_positions=nn.Dense(1, name="position_attention", **score),
+            score_frames=nn.Dense(1, name="frame_attention", **score),
+            reduce=self._reduction(),
+            **self._settings(),
         )
-
-
-def _space_time_weights(position_scores, frame_scores):
-    """``softmax_t(r)_t * softmax_{h,w}(s_t)``: ``(N, T, H, W)`` weights summing to 1."""
-    scores = _statistics_dtype(position_scores.dtype)
-    n, t, h, w = position_scores.shape
-    spatial = jax.nn.softmax(position_scores.astype(scores).reshape(n, t, h * w), axis=-1)
-    temporal = jax.nn.softmax(frame_scores.astype(scores), axis=-1)
-    return (temporal[..., None] * spatial).reshape(n, t, h, w)
+        self.sow("intermediates", "attention", weights)
+        return pooled
 
 
 def whitening_coloring_transform(
@@ -515,36 +387,15 @@ def whitening_coloring_transform(
     style,
     *,
     alpha: float = 1.0,
-    eps: float = 1e-5,
+    epsilon: float = 1e-5,
     method: str | None = None,
     sqrtm_options: Mapping[str, Any] | None = None,
+    eps: float | None = None,
 ):
-    """Whitening-colouring transform (Li et al., NeurIPS 2017) for style transfer.
+    """:func:`jaxsqrtm.functional.whitening_coloring_transform` (no Flax needed there).
 
-    With content features ``f_c`` (mean ``mu_c``, covariance ``S_c``) and style features
-    (``mu_s``, ``S_s``) over their spatial positions,
-
-        ``f_cs = (f_c - mu_c) (S_c + eps I)^(-1/2) (S_s + eps I)^(1/2) + mu_s``,
-        ``out = alpha f_cs + (1 - alpha) f_c``,
-
-    so that at ``alpha = 1`` the output has the style's mean and (up to ``eps``)
-    covariance. The inverse root and root use :func:`jaxsqrtm.inv_sqrtm` and
-    :func:`jaxsqrtm.sqrtm` with ``method``; differentiable in both inputs.
-
-    Args:
-        content: ``(..., H, W, C)`` features.
-        style: ``(..., H', W', C)`` features, leading axes broadcastable with ``content``'s.
-        alpha: blend between the stylised (1) and the original (0) content.
-        eps: ridge added to both covariances.
-        method: root method (``None``: the library's default).
-        sqrtm_options: other keyword arguments of :func:`jaxsqrtm.sqrtm`.
-
-    Returns:
-        Array of the shape of ``content`` (broadcast with ``style``'s leading axes) and the
-        dtype of ``content``; computed in at least float32.
-
-    Raises:
-        ValueError: features of rank below 3 or different channel counts.
+    Kept here for existing code; ``eps`` is the former name of ``epsilon`` and is
+    deprecated.
 
     Example:
         >>> import jax
@@ -554,31 +405,13 @@ def whitening_coloring_transform(
         >>> whitening_coloring_transform(content, style, alpha=0.8).shape
         (16, 16, 3)
     """
-    content, style = jnp.asarray(content), jnp.asarray(style)
-    for name, features in (("content", content), ("style", style)):
-        if features.ndim < 3:
-            raise ValueError(
-                f"whitening_coloring_transform: {name} must have shape (..., H, W, C); "
-                f"got shape {tuple(features.shape)}"
-            )
-    if content.shape[-1] != style.shape[-1]:
-        raise ValueError(
-            "whitening_coloring_transform: content and style must have the same channels; "
-            f"got shapes {tuple(content.shape)} and {tuple(style.shape)}"
+    if eps is not None:
+        warnings.warn(
+            "whitening_coloring_transform: `eps` is deprecated, use `epsilon`",
+            DeprecationWarning,
+            stacklevel=2,
         )
-    dtype = _statistics_dtype(jnp.result_type(content, style))
-    c = content.shape[-1]
-    content_tokens = content.astype(dtype).reshape(*content.shape[:-3], -1, c)
-    style_tokens = style.astype(dtype).reshape(*style.shape[:-3], -1, c)
-    content_mean, content_cov = _weighted_covariance(content_tokens)
-    style_mean, style_cov = _weighted_covariance(style_tokens)
-    ridge = eps * jnp.eye(c, dtype=dtype)
-    roots = dict(method=method, sqrtm_options=sqrtm_options)
-    whitening = _matrix_root(content_cov + ridge, inverse=True, **roots)
-    coloring = _matrix_root(style_cov + ridge, inverse=False, **roots)
-    transform = jnp.matmul(whitening, coloring, precision=_HIGHEST)
-    centered = content_tokens - content_mean[..., None, :]
-    stylized = jnp.matmul(centered, transform, precision=_HIGHEST) + style_mean[..., None, :]
-    blended = alpha * stylized + (1 - alpha) * content_tokens
-    shape = blended.shape[:-2] + content.shape[-3:]
-    return blended.reshape(shape).astype(content.dtype)
+        epsilon = eps
+    return functional.whitening_coloring_transform(
+        content, style, alpha=alpha, epsilon=epsilon, method=method, sqrtm_options=sqrtm_options
+    )

@@ -20,7 +20,7 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 
-LINEN_MODULES = frozenset({"test_examples.py", "test_linen.py", "test_notebooks.py"})
+LINEN_MODULES = frozenset({"test_examples.py", "test_linen.py", "test_nnx.py", "test_notebooks.py"})
 LINEN_PACKAGES = ("flax", "optax")
 
 

@@ -15,7 +15,9 @@ others.
   outputs keeping their sharding on a mesh with ``AxisType.Explicit`` axes; the
   collectives that plain ``jit`` of a batch sharded on its leading axis compiles to.
 * ``linen``: a full ``shard_map`` train step with ``DecorrelatedBatchNorm`` and
-  ``CovariancePooling`` against one device with the full batch.
+  ``CovariancePooling``, in both Flax front-ends (``jaxsqrtm.linen`` and
+  ``jaxsqrtm.nnx``), and plain ``jit`` of the step with the batch sharded, against one
+  device with the full batch.
 """
 
 from __future__ import annotations
@@ -535,13 +537,21 @@ def group_linen() -> dict:
     makes per-device copies of the parameters (``lax.pcast(..., to="varying")``, as under
     ``pmap``) and averages their gradients with ``lax.pmean``; ``"pmean_loss"`` keeps
     the parameters replicated and differentiates the ``lax.pmean`` of the loss.
+
+    The same model in both front-ends: the NNX model (``nnx.split``/``nnx.merge`` in a
+    functional step) starts from the linen model's variables, so every NNX result is
+    compared with the linen model's single-device step. ``"jit/..."``: plain ``jax.jit``
+    of the step (no ``axis_name``) with the batch sharded ``P("data")`` on 8 devices.
     """
     import flax.linen as nn
     import jax
     import optax
+    from flax import nnx
     from jax import lax
+    from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    from jaxsqrtm import nnx as jnnx
     from jaxsqrtm.linen import CovariancePooling, DecorrelatedBatchNorm
 
     assert jax.device_count() == DEVICES, jax.devices()
@@ -583,6 +593,46 @@ def group_linen() -> dict:
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_stats, opt_state, loss
 
+    class NNXNet(nnx.Module):
+        """``Net`` in NNX, its attributes named as linen names ``Net``'s modules."""
+
+        def __init__(self, features, method=None, axis_name=None):
+            rngs = nnx.Rngs(0)
+            self.Dense_0 = nnx.Linear(features, 8, rngs=rngs)
+            self.DecorrelatedBatchNorm_0 = jnnx.DecorrelatedBatchNorm(
+                8, group_size=4, momentum=0.9, axis_name=axis_name, method=method, rngs=rngs
+            )
+            self.CovariancePooling_0 = jnnx.CovariancePooling(8, epsilon=1e-3, method=method)
+            self.Dense_1 = nnx.Linear(36, 4, rngs=rngs)
+
+        def __call__(self, x):
+            x = self.DecorrelatedBatchNorm_0(self.Dense_0(x))
+            return self.Dense_1(self.CovariancePooling_0(x))
+
+    def nnx_train_step(params, stats, opt_state, x, labels, *, graphdef, gradient=None):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, stats, copy=True)
+            logits = model(x)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            if gradient == "pmean_loss":
+                loss = lax.pmean(loss, DATA)
+            return loss, nnx.state(model, nnx.BatchStat)
+
+        local = lax.pcast(params, DATA, to="varying") if gradient == "pcast" else params
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(local)
+        if gradient == "pcast":
+            grads, loss = lax.pmean((grads, loss), DATA)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+    def pure(tree):
+        """NNX states in ``tree`` as the nested dicts linen uses."""
+        return jax.tree.map(
+            lambda s: nnx.to_pure_dict(s) if isinstance(s, nnx.State) else s,
+            tree,
+            is_leaf=lambda s: isinstance(s, nnx.State),
+        )
+
     mesh = _auto_mesh()
     results = {}
     for method, gradients in ((None, ("pcast", "pmean_loss")), ("mpa", ("pcast",))):
@@ -622,6 +672,46 @@ def group_linen() -> dict:
                         params, jax.jit(sharded)(params, stats, opt_state, x, labels), expected
                     )
                 )
+
+        # NNX, from the linen model's variables; compared with the linen single step.
+        for gradient in ("single", *gradients):
+            with _recorded(case := results.setdefault(f"nnx/{method}/{gradient}", {})):
+                axis_name = None if gradient == "single" else DATA
+                model = NNXNet(features, method=method, axis_name=axis_name)
+                jnnx.load_linen_variables(model, variables)
+                graphdef, nnx_params, nnx_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+                step = functools.partial(
+                    nnx_train_step,
+                    graphdef=graphdef,
+                    gradient=None if gradient == "single" else gradient,
+                )
+                if gradient != "single":
+                    step = jax.shard_map(
+                        step,
+                        mesh=mesh,
+                        in_specs=(P(), P(), P(), P(DATA), P(DATA)),
+                        out_specs=(P(), P(), P(), P()),
+                    )
+                got = jax.jit(step)(nnx_params, nnx_stats, optimizer.init(nnx_params), x, labels)
+                case.update(_step_differences(params, pure(got), expected))
+
+        if method is not None:
+            continue
+        # Plain jit of the batch sharded over the devices: the compiler's collectives
+        # give the statistics of the whole batch.
+        sharded_batch = NamedSharding(mesh, P(DATA))
+        x_sharded = jax.device_put(x, sharded_batch)
+        labels_sharded = jax.device_put(labels, sharded_batch)
+        with _recorded(case := results.setdefault("jit/linen", {})):
+            got = single_step(params, stats, opt_state, x_sharded, labels_sharded)
+            case.update(_step_differences(params, got, expected))
+        with _recorded(case := results.setdefault("jit/nnx", {})):
+            model = NNXNet(features, method=method)
+            jnnx.load_linen_variables(model, variables)
+            graphdef, nnx_params, nnx_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+            step = jax.jit(functools.partial(nnx_train_step, graphdef=graphdef))
+            got = step(nnx_params, nnx_stats, optimizer.init(nnx_params), x_sharded, labels_sharded)
+            case.update(_step_differences(params, pure(got), expected))
     return results
 
 
@@ -741,10 +831,12 @@ def test_plain_jit_of_a_sharded_batch(library, method):
 # A train step's outputs against one device with the full batch, as max |difference| /
 # max |single device| over each pytree, the parameters as their change (largest 0.02).
 # The single device's own round-off, measured by feeding it the same batch in another
-# order, sets the scale: default method 2.9e-6 (step), 1.6e-8 (batch_stats), 5.0e-7
-# (optimiser state), 0 (loss); "mpa" 1.4e-6, 6.2e-8, 9.7e-7, 7.7e-8. Measured sharded:
-# default method 2.9e-6, 1.6e-8, 6.0e-7, 1.5e-7 (either gradient); "mpa" 2.1e-6,
-# 6.2e-8, 1.6e-6, 0.
+# order, sets the scale: default method 1.4e-6 (step), 6.2e-8 (batch_stats), 7.6e-7
+# (optimiser state), 7.7e-8 (loss); "mpa" 1.4e-6, 6.2e-8, 9.7e-7, 7.7e-8. Measured
+# sharded: default method 1.4e-6, 6.2e-8, 5.4e-7, 0 (either gradient); "mpa" 2.1e-6,
+# 6.2e-8, 1.6e-6, 0. The NNX model gives the same figures (its single-device step is
+# bitwise the linen one), and so does plain jit of the batch sharded P("data") in both
+# front-ends (1.4e-6, 6.2e-8, 5.2e-7, 0).
 LINEN_TOL = {"step": 1e-5, "batch_stats": 5e-7, "opt_state": 1e-5, "loss": 1e-6}
 
 
@@ -769,6 +861,38 @@ def test_linen_layers_in_a_shard_map_train_step(linen, method, gradient):
     case = _case(linen, f"{method}/{gradient}")
     for name, tol in LINEN_TOL.items():
         assert case[name] <= tol, (name, case[name], "single-device reorder:", single[name])
+
+
+@pytest.mark.linen
+@pytest.mark.parametrize(
+    "method, gradient",
+    [
+        ("None", "single"),
+        ("None", "pcast"),
+        ("None", "pmean_loss"),
+        ("mpa", "single"),
+        ("mpa", "pcast"),
+    ],
+)
+def test_nnx_layers_in_a_shard_map_train_step(linen, method, gradient):
+    """The same train step with the ``jaxsqrtm.nnx`` layers (``nnx.split``/``nnx.merge``
+    in a functional step, started from the linen model's variables): on one device
+    (``"single"``) it equals the linen step, and under ``shard_map`` over 8 devices the
+    full-batch linen step, to float32 round-off."""
+    case = _case(linen, f"nnx/{method}/{gradient}")
+    for name, tol in LINEN_TOL.items():
+        assert case[name] <= tol, (name, case[name])
+
+
+@pytest.mark.linen
+@pytest.mark.parametrize("frontend", ["linen", "nnx"])
+def test_layers_under_plain_jit_of_a_sharded_batch(linen, frontend):
+    """Plain ``jax.jit`` of the train step (layers without ``axis_name``) with the batch
+    sharded ``P("data")`` over 8 devices: the compiler's collectives give the statistics
+    of the whole batch, so the step equals one device with the full batch."""
+    case = _case(linen, f"jit/{frontend}")
+    for name, tol in LINEN_TOL.items():
+        assert case[name] <= tol, (name, case[name])
 
 
 def test_hlo_collectives_parser():

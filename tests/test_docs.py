@@ -7,10 +7,10 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "name", ["_api", "_lyapunov", "_distances", "_feature_statistics", "linen"]
+    "name", ["_api", "_lyapunov", "_distances", "_feature_statistics", "functional", "linen", "nnx"]
 )
 def test_docstring_examples(name):
-    if name == "linen":
+    if name in ("linen", "nnx"):
         pytest.importorskip("flax")
         pytest.importorskip("optax")
     result = doctest.testmod(importlib.import_module(f"jaxsqrtm.{name}"))
