@@ -810,8 +810,8 @@ def test_plain_jit_of_a_sharded_batch(library, method):
     slowest matrix of the whole batch has converged; the replay loops test only their
     step counter. Outside the loops: whether any matrix needs the ridge's second-order
     term and whether any needs the decomposition (``pred[]`` ORs), and the step count
-    each backward replays (``s32[]`` max), which XLA combines into tuple all-reduces. Figures: ``python tests/test_distribution.py
-    library``.
+    each backward replays (``s32[]`` max), which XLA combines into tuple all-reduces.
+    Figures: ``python tests/test_distribution.py library``.
     """
     case = _case(library["jit"], method)
     collectives = case["collectives"]
