@@ -20,7 +20,16 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 
-LINEN_MODULES = frozenset({"test_examples.py", "test_linen.py", "test_nnx.py", "test_notebooks.py"})
+LINEN_MODULES = frozenset(
+    {
+        "test_examples.py",
+        "test_linen.py",
+        "test_muon.py",
+        "test_nnx.py",
+        "test_notebooks.py",
+        "test_shampoo.py",
+    }
+)
 LINEN_PACKAGES = ("flax", "optax")
 
 
