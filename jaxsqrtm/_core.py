@@ -46,6 +46,14 @@ class Root(NamedTuple):
     out: jax.Array  # A^(1/2) or A^(-1/2)
     scale: jax.Array  # the per-matrix scale c of A_hat = A / c
     iterations: jax.Array  # int32 iterations taken, 0 for closed forms
+    # Optional, for entries whose product count depends on the data: int32 (...,) products
+    # per precision kind ({"forward": {kind: ...}, "backward": {kind: ...}}, kinds of
+    # jaxsqrtm._matrix.PRODUCT_KINDS); None: the entry's static ``cost``.
+    products: dict | None = None
+    # precision="mixed" only: int32 (...,) iterations with bfloat16 products and refinement
+    # steps; None otherwise.
+    low_precision_iterations: jax.Array | None = None
+    refinements: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +99,10 @@ class Method:
     knobs: tuple[Knob, ...]
     root: Callable[[jax.Array, Config], Root]
     cost: Callable[[Config, bool], int | None]
+    # Whether ``root`` implements precision="mixed" (config.precision is then the string
+    # jaxsqrtm._validation.MIXED); the other entries reject it by name.
+    mixed: bool = False
+    mixed_note: str = "it has no convergence measurement to switch precision on"
 
     def configure(self, func: str, *, inverse: bool, precision, given: dict) -> Config:
         """Validate a call's keywords against the knobs; ``None`` means "the default".
@@ -113,10 +125,16 @@ class Method:
             if value is not None:
                 value = knob.check(func, knob.name, value)
             resolved.append((knob.name, value))
+        precision = _validation.check_precision(func, precision, allow_mixed=True)
+        if precision == _validation.MIXED and not self.mixed:
+            raise ValueError(
+                f"{func}: precision='mixed' does not apply to method={self.name!r}: "
+                f"{self.mixed_note}"
+            )
         return Config(
             method=self.name,
             inverse=inverse,
-            precision=_validation.check_precision(func, precision),
+            precision=precision,
             knobs=tuple(resolved),
         )
 

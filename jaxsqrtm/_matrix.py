@@ -41,6 +41,22 @@ def mm(x, y, precision):
     return jnp.matmul(x, y, precision=precision)
 
 
+PRODUCT_KINDS = {
+    BFLOAT16: "bfloat16",
+    lax.Precision.HIGHEST: "float32",
+    lax.Precision.HIGH: "tf32",
+    lax.Precision.DEFAULT: "default",
+}
+"""What a product of each precision is, for counting products per precision: bfloat16
+operands; full float32 (``HIGHEST``); ``HIGH`` (TF32 on NVIDIA GPUs, three bfloat16
+passes on TPUs); the platform's default."""
+
+
+def product_kind(precision) -> str:
+    """The :data:`PRODUCT_KINDS` name of a product precision given to :func:`mm`."""
+    return PRODUCT_KINDS[precision]
+
+
 def adjoint(x):
     """Conjugate transpose ``X^H`` over the last two axes; the plain transpose for real ``x``."""
     xt = jnp.swapaxes(x, -1, -2)
@@ -258,6 +274,21 @@ def normalized(a, normalization, *, precision=lax.Precision.HIGHEST):
     c = matrix_scale(a, normalization, precision=precision)
     safe = jnp.where(c != 0, c, 1)[..., None, None]
     return a / safe, c
+
+
+def normalized_square(a, normalization, *, precision=lax.Precision.HIGHEST):
+    """``(A_hat, c, A_hat^2)``: :func:`normalized` and the square of ``A_hat``, in one
+    product for ``"spectral_bound"`` (whose bound is built from that square)."""
+    if normalization != "spectral_bound":
+        a_hat, c = normalized(a, normalization, precision=precision)
+        return a_hat, c, mm(a_hat, a_hat, precision)
+    m = _max_abs(a)
+    scaled = a / m[..., None, None]
+    square = mm(scaled, scaled, precision)
+    c = jnp.minimum(frobenius_norm(a), m * _safe_sqrt(frobenius_norm(square)))
+    safe = jnp.where(c != 0, c, 1)
+    ratio = (m / safe)[..., None, None]
+    return a / safe[..., None, None], c, square * ratio * ratio
 
 
 def rescale(root_hat, c, inverse: bool):

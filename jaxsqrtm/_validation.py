@@ -80,16 +80,49 @@ def check_fraction(func: str, name: str, value) -> float:
     return float(value)
 
 
-def check_precision(func: str, precision) -> lax.Precision:
-    """``"default" | "high" | "highest"`` or a :class:`jax.lax.Precision`."""
+MIXED = "mixed"
+"""The precision policy of the adaptive iterations: bfloat16 products where the
+convergence measurement allows them, float32 residuals and refinement
+(:class:`jaxsqrtm._sign.MixedPrecision`)."""
+
+
+def check_precision(func: str, precision, *, allow_mixed: bool = False):
+    """``"default" | "high" | "highest"`` or a :class:`jax.lax.Precision`.
+
+    With ``allow_mixed``, also :data:`MIXED` (returned as that string), for the entries
+    that implement the mixed policy.
+    """
     if isinstance(precision, lax.Precision):
         return precision
     if isinstance(precision, str) and precision.lower() in _PRECISIONS:
         return _PRECISIONS[precision.lower()]
+    if allow_mixed and isinstance(precision, str) and precision.lower() == MIXED:
+        return MIXED
+    choices = (*_PRECISIONS, MIXED) if allow_mixed else tuple(_PRECISIONS)
     raise ValueError(
-        f"{func}: precision must be one of {tuple(_PRECISIONS)} or a jax.lax.Precision, "
-        f"got {precision!r}"
+        f"{func}: precision must be one of {choices} or a jax.lax.Precision, got {precision!r}"
     )
+
+
+MIXED_CLOSED_FORM_NOTE = (
+    "a closed form evaluates fixed polynomials, where a bfloat16 product leaves an error "
+    "of about 1e-3 that nothing removes, and its fixed-step Lyapunov backward has no "
+    "convergence measurement to switch precision on"
+)
+"""Why the closed forms (``"mpa"``, ``"mtp"``) reject :data:`MIXED`."""
+
+
+def check_mixed_dtype(func: str, dtype, name: str = "a") -> None:
+    """``precision="mixed"`` computes in float32: real float32, bfloat16 or float16 input.
+
+    Its refinement reaches float32 round-off; bfloat16 products have no complex form here,
+    and float64 would need float64 residuals and several more refinement steps.
+    """
+    if compute_dtype(dtype) != jnp.float32:
+        raise ValueError(
+            f"{func}: precision='mixed' needs real float32, bfloat16 or float16 {name}, "
+            f"got {jnp.dtype(dtype)}"
+        )
 
 
 def compute_dtype(dtype):

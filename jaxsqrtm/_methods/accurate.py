@@ -40,10 +40,22 @@ the ``lax.cond`` that selects them (outside this rule, so that the cond and its
 
 Residuals of reverse mode: ``S_hat`` (and ``P_hat`` for the inverse root), the step sizes
 (``max_iters`` per matrix), the step count and the scale.
+
+``precision="mixed"`` (:func:`_mixed_roots`, policy :class:`jaxsqrtm._sign.MixedPrecision`):
+the forward's steps take bfloat16 products for the matrices whose condition number is at
+most about ``1e3`` (:func:`mixed_newton_schulz_roots`), and Newton steps with float32
+residuals and bfloat16 Lyapunov solves bring them to float32 accuracy
+(:func:`refined_roots`); the other matrices are computed as ``"highest"`` computes them.
+The derivative's Lyapunov solves take bfloat16 products refined with float32 residuals
+(:func:`jaxsqrtm._lyapunov.refined_replayed_lyapunov`) where the condition number of
+``S_hat`` is at most ``300`` (that of ``A`` up to about ``1e5``), and are ``"highest"``'s
+elsewhere. The step sizes of a bfloat16 schedule are replayed with a few unit steps more.
+Extra residuals of reverse mode: per-matrix flags and step counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -56,12 +68,15 @@ from jaxsqrtm._core import Config, Knob, Method, Root, choice_knob, count_knob
 from jaxsqrtm._matrix import (
     BOUNDS,
     eye_like,
+    frobenius_norm,
     matrix_scale,
     matvec,
     mm,
     normalized,
+    normalized_square,
     power_iterate,
     power_start,
+    product_kind,
     rescale,
     symmetrize,
 )
@@ -134,6 +149,143 @@ def scaled_newton_schulz_roots(a_hat, *, max_iters: int, precision):
     return y, z, iterations, alphas
 
 
+def mixed_newton_schulz_roots(a_hat, *, max_iters: int, policy: _sign.MixedPrecision, a_hat2=None):
+    """The bfloat16 phase of :func:`scaled_newton_schulz_roots` under the mixed policy.
+
+    The first step (``A_hat^2`` and the first deviation) is float32, as in
+    :func:`scaled_newton_schulz_roots`; then the matrices that the policy lets take
+    bfloat16 steps run with bfloat16 products until their deviation falls below the
+    switch or stagnates (:func:`jaxsqrtm._sign.low_precision_phase`; the power
+    iterations stay float32 matrix-vector products). They come out with bfloat16-level
+    errors (``1e-3`` to ``4e-2``), which :func:`refined_roots` removes. The phase serves
+    a matrix if ``||Z||_2^2`` (the condition number of ``A_hat``, estimated from below
+    by :func:`inverse_root_norm`) is at most ``policy.max_condition``: beyond it the
+    bfloat16 errors exceed the small eigenvalues of ``Y`` and Newton's refinement no
+    longer converges quickly (measured: up to 7 times float32's gradient error at
+    condition number ``3e3``).
+
+    Args:
+        a_hat: ``(..., n, n)`` as for :func:`scaled_newton_schulz_roots`.
+        max_iters: cap on the steps (static).
+        policy: the :class:`jaxsqrtm._sign.MixedPrecision`.
+        a_hat2: ``A_hat^2`` if already at hand (float32), else computed.
+
+    Returns:
+        ``(Y, Z, iterations, alphas, low, replay, low_steps)``: as
+        :func:`scaled_newton_schulz_roots` for the served matrices, ``low`` the ``(...,)``
+        bool of those, ``replay`` the steps of their schedule to replay (``iterations``
+        plus the unit steps of :meth:`jaxsqrtm._sign.MixedPrecision.finishing`, written
+        into ``alphas``, of length ``max(max_iters, policy.max_low_steps + 1) +
+        policy.finishing_steps``), and ``low_steps`` the bfloat16 steps every matrix took.
+
+    Cost: ``A_hat^2`` (float32) unless given, then 3 bfloat16 products a step.
+    """
+    high = policy.high
+    floor = _sign.floor_for(a_hat.dtype)
+    tol = _sign.tolerance_for(a_hat.dtype)
+    if a_hat2 is None:
+        a_hat2 = mm(a_hat, a_hat, high)
+    dev, v = _sign.first_deviation(
+        a_hat, a_hat2, power_start(a_hat), num_iters=_sign.WARMUP_MATVECS, precision=high
+    )
+    alpha = _sign.cubic_scale(dev, floor)
+    y = 0.5 * alpha[..., None, None] * (3 * a_hat - alpha[..., None, None] ** 2 * a_hat2)
+    z = 0.5 * alpha[..., None, None] * (3 * eye_like(a_hat) - alpha[..., None, None] ** 2 * a_hat)
+    iterations = jnp.ones_like(dev, dtype=jnp.int32)
+    length = max(max_iters, policy.max_low_steps + 1) + policy.finishing_steps
+    index = jnp.arange(length)
+    alphas = jnp.where(index == 0, alpha[..., None], 0)
+
+    def step(k, state, precision):
+        y, z, v, iterations, alphas = state
+        w = mm(z, y, precision)
+        dev, v = _sign.deviation(w, v, num_iters=_sign.MATVECS_PER_STEP, precision=high)
+        alpha = _sign.cubic_scale(dev, floor)
+        y, z = coupled_step(y, z, w, alpha[..., None, None], precision)
+        alphas = lax.dynamic_update_index_in_dim(alphas, alpha, k, axis=-1)
+        return (y, z, v, iterations + 1, alphas), dev
+
+    def accept(state):
+        estimate = inverse_root_norm(state[1], precision=high)
+        return estimate * estimate <= policy.max_condition
+
+    (y, z, _, iterations, alphas), low, last_deviation, low_steps = _sign.low_precision_phase(
+        step,
+        (y, z, v, iterations, alphas),
+        dev,
+        policy=policy,
+        tol=tol,
+        start=1,
+        stop=max_iters,
+        accept=accept,
+    )
+    replay = iterations + jnp.where(low, policy.finishing(last_deviation, a_hat.dtype), 0)
+    finishing = (index >= iterations[..., None]) & (index < replay[..., None])
+    return y, z, iterations, jnp.where(finishing, 1, alphas), low, replay, low_steps
+
+
+def refined_roots(y, z, a_hat, alphas, steps, active, *, inverse: bool, policy):
+    """Refine bfloat16-accurate roots of ``A_hat`` to float32 with float32 residuals.
+
+    Newton's method for ``Y^2 = A_hat``, and Newton–Schulz for ``Z = Y^(-1)`` with the
+    inverse root::
+
+        Y <- Y + L_Y^(-1)(A_hat - Y^2),        Z <- Z + Z (I - Y Z)
+
+    (``L_Y(X) = Y X + X Y``). Newton converges quadratically from any error, whatever
+    its direction, which the sign iteration cannot do; the residuals ``A_hat - Y^2``
+    and ``I - Y Z`` are float32 products. The Lyapunov solve replays the forward's
+    schedule (:func:`jaxsqrtm._lyapunov.replayed_sign_lyapunov`) with bfloat16
+    products: relative error ``eta ~ 5e-3``, so a step takes an error ``e`` to about
+    ``e (e + eta)``; ``Z R`` is a bfloat16 product of a small ``R``. Each matrix stops
+    when :meth:`jaxsqrtm._sign.MixedPrecision.refine_again` says so (measured in
+    float32: 2 steps at condition number ``1e2``, 3 to 4 at ``1e4``).
+
+    Args:
+        y, z: ``(..., n, n)`` approximations of ``A_hat^(1/2)`` and ``A_hat^(-1/2)``.
+        a_hat: ``(..., n, n)``, spectrum in ``(0, 1]``.
+        alphas, steps: the schedule that takes ``A_hat^(1/2)``'s spectrum to 1.
+        active: ``(...,)`` bool, the matrices to refine (the others are left as they are).
+        inverse: refine ``Z`` too.
+        policy: the :class:`jaxsqrtm._sign.MixedPrecision`.
+
+    Returns:
+        ``(Y, Z, refinements, size)``: the refined roots, the steps taken and the relative
+        size of the last step, per matrix (1 where none was taken).
+
+    Cost per step: one float32 and ``4 s - 2`` bfloat16 products (``s = max(steps)``),
+    one more of each with ``inverse``.
+    """
+    high, low = policy.high, policy.low
+    identity = eye_like(y)
+    y = jnp.where(active[..., None, None], symmetrize(y), y)
+    z = jnp.where(active[..., None, None], symmetrize(z), z)
+
+    def step(_, state):
+        y, z, previous, count = state
+        residual = a_hat - mm(y, y, high)
+        correction = _lyapunov.replayed_sign_lyapunov(y, residual, alphas, steps, precision=low)
+        size = frobenius_norm(correction) / frobenius_norm(y)
+        y = symmetrize(y + correction)
+        if inverse:
+            correction = mm(z, identity - mm(y, z, high), low)
+            size = jnp.maximum(size, frobenius_norm(correction) / frobenius_norm(z))
+            z = symmetrize(z + correction)
+        again = policy.refine_again(size, previous, y.dtype)
+        return (y, z, size, count + 1), again
+
+    # Built from the data, so that they vary over a shard_map mesh like it.
+    ones = jnp.ones_like(active, dtype=y.dtype)
+    y, z, size, count = _sign.iterate_per_matrix(
+        step,
+        (y, z, ones, jnp.zeros_like(active, dtype=jnp.int32)),
+        active,
+        start=0,
+        stop=policy.max_refinements,
+    )
+    return y, z, count, size
+
+
 def second_order_matters(z, r):
     """Whether the ``r^2`` terms of :func:`ridged_roots` can exceed round-off, per matrix.
 
@@ -155,6 +307,19 @@ def _abs2(z):
     return jnp.real(z * jnp.conj(z)) if jnp.iscomplexobj(z) else z * z
 
 
+def inverse_root_norm(z, *, precision):
+    """``||Z||_2`` per matrix by ``FLOOR_MATVECS`` steps of power iteration (a lower bound).
+
+    For ``Z = (A_hat + r I)^(-1/2)`` it is ``1 / sqrt(l_min)``, the condition number of
+    ``A_hat^(1/2)`` (whose largest eigenvalue is about 1): what decides whether bfloat16
+    products can represent the small eigenvalues (:class:`jaxsqrtm._sign.MixedPrecision`).
+    """
+    estimate, _ = power_iterate(
+        lambda v: matvec(z, v, precision), power_start(z), num_iters=FLOOR_MATVECS
+    )
+    return estimate
+
+
 def reaches_noise_floor(z, r, *, precision):
     """Whether the smallest eigenvalue of ``A_hat`` is at most ``2 r``, per matrix.
 
@@ -166,9 +331,7 @@ def reaches_noise_floor(z, r, *, precision):
     power iteration (a lower bound; a null space or an isolated smallest eigenvalue
     dominates ``Z`` and is found within a few steps).
     """
-    estimate, _ = power_iterate(
-        lambda v: matvec(z, v, precision), power_start(z), num_iters=FLOOR_MATVECS
-    )
+    estimate = inverse_root_norm(z, precision=precision)
     return r * estimate * estimate >= 1 / 3
 
 
@@ -237,6 +400,15 @@ class Accurate(NamedTuple):
     alphas: jax.Array  # (..., max_iters) step sizes of the forward iteration
     iterations: jax.Array  # (...,) steps taken
     decomposed: jax.Array  # (...,) bool: ``out`` is the eigendecomposition's
+    # precision="mixed" only: (...,) bool, the matrices that took bfloat16 steps (their
+    # schedule is replayed with the finishing steps), (...,) int32 refinement steps, and
+    # (...,) bool, the matrices whose Lyapunov solves take bfloat16 products.
+    low: jax.Array | None = None
+    refinements: jax.Array | None = None
+    # (...,) int32 products per precision kind, {"forward": {kind: ...}, "backward": ...}
+    products: dict | None = None
+    low_solve: jax.Array | None = None
+    replay: jax.Array | None = None  # (...,) int32 steps of the replayed schedule
 
 
 def _ridge(config: Config, dtype) -> float:
@@ -244,15 +416,35 @@ def _ridge(config: Config, dtype) -> float:
     return _sign.floor_for(dtype) ** 2 if config.ridge is None else config.ridge
 
 
+def _is_mixed(config: Config) -> bool:
+    return config.precision == _validation.MIXED
+
+
+def _full_precision(config: Config) -> Config:
+    """``config`` with a single product precision: the mixed policy's float32 for the
+    products outside its iterations (scale, ridge removal, tangents, decomposition)."""
+    if _is_mixed(config):
+        return dataclasses.replace(config, precision=_sign.MIXED.high)
+    return config
+
+
 def _scale(a, config: Config):
     """``c (1 + ridge)``: the scale of ``A_hat`` once the ridge is in."""
-    c = matrix_scale(a, config.normalization, precision=config.precision)
+    c = matrix_scale(a, config.normalization, precision=_full_precision(config).precision)
     return c * (1 + _ridge(config, a.dtype))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def accurate_roots(a, config: Config) -> Accurate:
     """The accurate mode on symmetric ``a``: :class:`Accurate` (the rule in the module doc)."""
+    if _is_mixed(config):
+        return _mixed_roots(a, config, _sign.MIXED)
+    return _single_precision_roots(a, config)[0]
+
+
+def _single_precision_roots(a, config: Config):
+    """:func:`accurate_roots` at ``config.precision``; also returns ``Z``, the iteration's
+    ``(A_hat + r I)^(-1/2)``."""
     ridge = _ridge(config, a.dtype)
     a_hat, c = normalized(a, config.normalization, precision=config.precision)
     y, z, iterations, alphas = scaled_newton_schulz_roots(
@@ -268,7 +460,175 @@ def accurate_roots(a, config: Config) -> Accurate:
     decomposed = _needs_decomposition(
         root, inverse_root, z, ridge / (1 + ridge), iterations, config
     )
-    return Accurate(out, scale, root, inverse_root, alphas, iterations, decomposed)
+    second_order = jnp.any(second_order_matters(z, ridge / (1 + ridge)))
+    products = _products(config, iterations, second_order)
+    result = Accurate(
+        out, scale, root, inverse_root, alphas, iterations, decomposed, products=products
+    )
+    return result, z
+
+
+def _mixed_roots(a, config: Config, policy: _sign.MixedPrecision) -> Accurate:
+    """:func:`accurate_roots` under the mixed policy.
+
+    The matrices that the bfloat16 phase serves (:func:`mixed_newton_schulz_roots`) are
+    refined with float32 residuals (:func:`refined_roots`); the others (condition
+    number above ``policy.max_condition``, a refinement that did not converge) are
+    computed by the float32 iteration, bit for bit as ``"highest"`` computes them, run
+    only when the batch has such a matrix. The Lyapunov solves of the derivative take
+    bfloat16 products, refined, where ``||Z||_2 <= policy.max_solve_condition``.
+    """
+    ridge = _ridge(config, a.dtype)
+    r = ridge / (1 + ridge)
+    full = _full_precision(config)
+    a_hat, c, a_hat2 = normalized_square(a, config.normalization, precision=full.precision)
+    identity = eye_like(a_hat)
+    a_ridged = (a_hat + ridge * identity) / (1 + ridge)
+    a_ridged2 = (a_hat2 + 2 * ridge * a_hat + ridge * ridge * identity) / (1 + ridge) ** 2
+    y, z, iterations, alphas, low, replay, low_steps = mixed_newton_schulz_roots(
+        a_ridged, max_iters=config.max_iters, policy=policy, a_hat2=a_ridged2
+    )
+    y, z, refinements, size = refined_roots(
+        y, z, a_ridged, alphas, replay, low, inverse=config.inverse, policy=policy
+    )
+    low = low & (size <= _sign.tolerance_for(a.dtype))
+    # The ridge's terms are r / l_min <= 1e-4 relative where every matrix took bfloat16
+    # steps (condition number up to policy.max_condition): bfloat16 products suffice.
+    all_low = jnp.all(low)
+    root, inverse_root = lax.cond(
+        all_low,
+        lambda: ridged_roots(y, z, r, inverse=config.inverse, precision=policy.low),
+        lambda: ridged_roots(y, z, r, inverse=config.inverse, precision=policy.high),
+    )
+    scale = c * (1 + ridge)
+    out = rescale(inverse_root if config.inverse else root, scale, config.inverse)
+    decomposed = _needs_decomposition(root, inverse_root, z, r, iterations, full)
+    second_order = jnp.any(second_order_matters(z, r))
+
+    def single():
+        return _single_precision_roots(a, full)
+
+    def unused():
+        # Zeros built from the data, so that they vary over a shard_map mesh like it.
+        zero = jnp.zeros_like(a[..., 0, 0])
+
+        def zeros(x):
+            batch = zero.reshape(zero.shape + (1,) * (len(x.shape) - zero.ndim))
+            return jnp.broadcast_to(batch, x.shape).astype(x.dtype)
+
+        return jax.tree.map(zeros, jax.eval_shape(single))
+
+    other, other_z = lax.cond(jnp.all(low), unused, single)
+    pad = [(0, 0)] * (other.alphas.ndim - 1) + [(0, alphas.shape[-1] - other.alphas.shape[-1])]
+
+    def pick(mine, theirs):
+        if mine is None:
+            return None
+        mask = low.reshape(low.shape + (1,) * (mine.ndim - low.ndim))
+        return jnp.where(mask, mine, theirs)
+
+    z = pick(z, other_z)
+    low_solve = inverse_root_norm(z, precision=policy.high) <= policy.max_solve_condition
+    products = _mixed_products(
+        config,
+        policy,
+        low=low,
+        iterations=iterations,
+        replay=replay,
+        low_steps=low_steps,
+        refinements=refinements,
+        low_solve=low_solve,
+        ridge=(second_order, all_low),
+        other=other,
+    )
+    iterations = pick(iterations, other.iterations)
+    replay = pick(replay, other.iterations)
+    return Accurate(
+        out=pick(out, other.out),
+        scale=pick(scale, other.scale),
+        root=pick(root, other.root),
+        inverse_root=pick(inverse_root, other.inverse_root),
+        alphas=pick(alphas, jnp.pad(other.alphas, pad)),
+        iterations=iterations,
+        decomposed=pick(decomposed, other.decomposed),
+        low=low,
+        refinements=jnp.where(low, refinements, 0),
+        products=products,
+        low_solve=low_solve,
+        replay=replay,
+    )
+
+
+def _products(config: Config, iterations, second_order):
+    """Matrix products per matrix and precision kind (:func:`jaxsqrtm._matrix.product_kind`)
+    of the forward call and of its reverse-mode backward, as ``(...,)`` int32 arrays:
+    ``{"forward": {kind: count}, "backward": {kind: count}}``.
+
+    The iteration's products as the batch ran them for this matrix: the normalisation
+    (``"spectral_bound"``: one), the steps and the ridge removal (whose second-order
+    products depend on the batch); the scale's derivative, the residual of
+    ``return_info`` and an eigendecomposition fallback are not products of the
+    iteration and are left out, as in :func:`jaxsqrtm.matmul_count`.
+    """
+    inverse = int(config.inverse)
+    kind = product_kind(config.precision)
+    fixed = int(config.normalization == "spectral_bound") + _ridge_products(config, second_order)
+    return {
+        "forward": {kind: fixed + 3 * iterations - 2},
+        "backward": {kind: 4 * iterations - 2 + 2 * inverse},
+    }
+
+
+def _ridge_products(config: Config, second_order):
+    """Products of :func:`ridged_roots`: ``Z^3`` (and ``Z^5``) where kept, ``Z^3`` always
+    for the inverse root."""
+    second_order = second_order.astype(jnp.int32)
+    return 2 + second_order if config.inverse else 2 * second_order
+
+
+def _mixed_products(
+    config: Config,
+    policy,
+    *,
+    low,
+    iterations,
+    replay,
+    low_steps,
+    refinements,
+    low_solve,
+    ridge,
+    other,
+):
+    """:func:`_products` under the mixed policy.
+
+    Served matrices: ``A_hat^2`` (float32, shared with the normalisation), ``3 (k - 1)``
+    bfloat16 step products, per refinement one float32 residual and a bfloat16 replay of
+    ``4 s - 2`` products (``s`` replayed steps; one more of each for the inverse root),
+    and the ridge removal (bfloat16 where the whole batch was served). The others:
+    ``A_hat^2``, the bfloat16 steps and refinements they tried, then the single-precision
+    iteration's count (``other``). Backward: ``policy.backward_solves`` bfloat16 replays
+    and one float32 residual per refinement where ``low_solve``, a float32 replay
+    elsewhere; ``2`` float32 products more for the inverse root.
+    """
+    inverse = int(config.inverse)
+    high, low_kind = product_kind(policy.high), product_kind(policy.low)
+    second_order, all_low = ridge
+    ridge_count = _ridge_products(config, second_order)
+    ridge_low = jnp.where(all_low, ridge_count, 0)
+    refine_high = refinements * (1 + inverse)
+    refine_low = refinements * (4 * replay - 2 + inverse)
+    served_high = 1 + ridge_count - ridge_low + refine_high
+    served_low = ridge_low + 3 * (iterations - 1) + refine_low
+    forward_high = jnp.where(low, served_high, 1 + refine_high + other.products["forward"][high])
+    forward_low = jnp.where(low, served_low, 3 * low_steps + refine_low)
+    replay = jnp.where(low, replay, other.iterations)
+    solves = policy.backward_solves
+    backward_low = jnp.where(low_solve, solves * (4 * replay - 2), 0)
+    backward_high = 2 * inverse + jnp.where(low_solve, solves - 1, 4 * replay - 2)
+    return {
+        "forward": {low_kind: forward_low, high: forward_high},
+        "backward": {low_kind: backward_low, high: backward_high},
+    }
 
 
 def _needs_decomposition(root, inverse_root, z, r, iterations, config: Config):
@@ -297,6 +657,19 @@ def _accurate_jvp(config, primals, tangents):
         alphas=jnp.zeros_like(result.alphas),
         iterations=jnp.zeros_like(result.iterations, dtype=jax.dtypes.float0),
         decomposed=jnp.zeros_like(result.decomposed, dtype=jax.dtypes.float0),
+        low=None if result.low is None else jnp.zeros_like(result.low, dtype=jax.dtypes.float0),
+        refinements=None
+        if result.refinements is None
+        else jnp.zeros_like(result.refinements, dtype=jax.dtypes.float0),
+        products=jax.tree.map(
+            lambda x: jnp.zeros_like(x, dtype=jax.dtypes.float0), result.products
+        ),
+        low_solve=None
+        if result.low_solve is None
+        else jnp.zeros_like(result.low_solve, dtype=jax.dtypes.float0),
+        replay=None
+        if result.replay is None
+        else jnp.zeros_like(result.replay, dtype=jax.dtypes.float0),
     )
 
 
@@ -317,6 +690,7 @@ def _replayable(result: Accurate) -> Accurate:
         inverse_root=identity_where_decomposed(result.inverse_root),
         alphas=jnp.where(keep[..., None], result.alphas, 1),
         iterations=jnp.where(keep, result.iterations, 1),
+        replay=None if result.replay is None else jnp.where(keep, result.replay, 1),
     )
 
 
@@ -324,16 +698,35 @@ def _replayable(result: Accurate) -> Accurate:
 def _root_tangents(result: Accurate, da, d_scale, config):
     """Tangents of ``out``, ``root`` and ``inverse_root``; recomputed in reverse mode, so
     that only ``result``'s arrays are kept."""
-    precision = config.precision
+    precision = _full_precision(config).precision
     # 1 / c per matrix, 0 for a zero matrix (whose derivatives are set to 0)
     scale = result.scale[..., None, None]
     inv_c = jnp.where(scale != 0, 1 / jnp.where(scale != 0, scale, 1), 0)
     half_dc = 0.5 * d_scale[..., None, None] * inv_c
 
-    def solve(rhs):
-        return _lyapunov.replayed_sign_lyapunov(
-            result.root, rhs, result.alphas, result.iterations, precision=precision
-        )
+    if _is_mixed(config):
+        policy = _sign.MIXED
+        steps = result.replay
+
+        def solve(rhs):
+            def refined():
+                return _lyapunov.refined_replayed_lyapunov(
+                    result.root, rhs, result.alphas, steps, policy=policy
+                )
+
+            def plain():
+                return _lyapunov.replayed_sign_lyapunov(
+                    result.root, rhs, result.alphas, steps, precision=policy.high
+                )
+
+            return _sign.where_some(result.low_solve, refined, plain, like=rhs)
+
+    else:
+
+        def solve(rhs):
+            return _lyapunov.replayed_sign_lyapunov(
+                result.root, rhs, result.alphas, result.iterations, precision=precision
+            )
 
     x = _lyapunov.lyapunov_inverse(result.root, da, solve, precision=precision)
     d_root = x * inv_c - result.root * half_dc
@@ -349,15 +742,24 @@ def _root(a, config: Config) -> Root:
     result = accurate_roots(a, config)
     # Outside the custom rule, so that JAX differentiates the cond (and its select
     # under vmap) itself: the decomposition's own rule gives those matrices' tangents.
+    full = _full_precision(config)
     out = lax.cond(
         jnp.any(result.decomposed),
-        lambda a, out, decomposed: _decomposed_where(a, out, decomposed, config),
+        lambda a, out, decomposed: _decomposed_where(a, out, decomposed, full),
         lambda a, out, decomposed: out,
         a,
         result.out,
         result.decomposed,
     )
-    return Root(out, result.scale, result.iterations)
+    low_steps = None if result.low is None else jnp.where(result.low, result.iterations, 0)
+    return Root(
+        out,
+        result.scale,
+        result.iterations,
+        products=result.products,
+        low_precision_iterations=low_steps,
+        refinements=result.refinements,
+    )
 
 
 @functools.partial(jax.checkpoint, static_argnums=(3,))
@@ -378,4 +780,5 @@ METHOD = Method(
     ),
     root=_root,
     cost=lambda config, backward: None,
+    mixed=True,
 )

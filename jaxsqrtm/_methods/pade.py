@@ -8,9 +8,11 @@ Cost: :func:`pade_cost` products and one batched LU solve forward; the Lyapunov 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.scipy.linalg
 
-from jaxsqrtm import _coefficients
+from jaxsqrtm import _coefficients, _validation
 from jaxsqrtm._matrix import polyval, polyval_cost, symmetrize
 from jaxsqrtm._methods._closed_form import closed_form_method
 
@@ -41,10 +43,13 @@ def pade_cost(degree: int) -> int:
     return polyval_cost(degree, num_polys=2)
 
 
-METHOD = closed_form_method(
-    "mpa",
-    "matrix Padé approximant Q(A_hat)^-1 P(A_hat) of degree [m/m]",
-    approximant=pade_root,
-    cost=pade_cost,
-    degree=5,
+METHOD = dataclasses.replace(
+    closed_form_method(
+        "mpa",
+        "matrix Padé approximant Q(A_hat)^-1 P(A_hat) of degree [m/m]",
+        approximant=pade_root,
+        cost=pade_cost,
+        degree=5,
+    ),
+    mixed_note=_validation.MIXED_CLOSED_FORM_NOTE,
 )

@@ -8,7 +8,9 @@ Cost: :func:`taylor_cost` products forward (Paterson–Stockmeyer); the Lyapunov
 
 from __future__ import annotations
 
-from jaxsqrtm import _coefficients
+import dataclasses
+
+from jaxsqrtm import _coefficients, _validation
 from jaxsqrtm._matrix import eye_like, polyval, polyval_cost
 from jaxsqrtm._methods._closed_form import closed_form_method
 
@@ -36,10 +38,13 @@ def taylor_cost(degree: int) -> int:
     return polyval_cost(degree)
 
 
-METHOD = closed_form_method(
-    "mtp",
-    "matrix Taylor polynomial of degree K in I - A_hat",
-    approximant=taylor_root,
-    cost=taylor_cost,
-    degree=10,
+METHOD = dataclasses.replace(
+    closed_form_method(
+        "mtp",
+        "matrix Taylor polynomial of degree K in I - A_hat",
+        approximant=taylor_root,
+        cost=taylor_cost,
+        degree=10,
+    ),
+    mixed_note=_validation.MIXED_CLOSED_FORM_NOTE,
 )
