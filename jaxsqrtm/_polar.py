@@ -21,6 +21,10 @@ the step count and every ``alpha_k`` at trace time (:func:`schedule`). A singula
 below ``l_0 c`` goes only part of the way to 1 (an exact zero stays 0), so it adds between
 0 and itself to ``Re tr(U^H M)``: the nuclear norm's error from the schedule is at most the
 sum of the singular values below ``l_0 c``.
+
+The building blocks, :func:`spectral_normalized`, :func:`gram_matrix` and the odd-polynomial
+step :func:`polynomial_step` (of which the scaled Newton–Schulz step is the cubic case),
+are also those of :func:`jaxsqrtm.polar`'s methods (:mod:`jaxsqrtm._methods.polar`).
 """
 
 from __future__ import annotations
@@ -97,6 +101,81 @@ def _cubic(y: float) -> float:
     return 0.5 * y * (3 - y * y)
 
 
+def is_wide(shape) -> bool:
+    """Whether ``(..., p, q)`` matrices are worked on from the left, ``X X^H`` (``p <= q``).
+
+    Square matrices count as wide, as in optax's ``orthogonalize_via_newton_schulz``.
+    """
+    return shape[-2] <= shape[-1]
+
+
+def gram_matrix(x, *, wide: bool, precision):
+    """The smaller Gram matrix: ``X X^H`` (``p x p``) if ``wide``, else ``X^H X`` (``q x q``).
+
+    One product of ``max(p, q) min(p, q)^2`` multiply-adds; Hermitian, of ``x``'s dtype.
+    """
+    return mm(x, adjoint(x), precision) if wide else mm(adjoint(x), x, precision)
+
+
+def _per_matrix(c):
+    """A scalar, or a ``(...,)`` array of per-matrix scalars broadcast over matrices."""
+    return c[..., None, None] if jnp.ndim(c) else c
+
+
+def polynomial_step(x, gram, coefficients, *, wide: bool, precision):
+    """One odd-polynomial step ``X <- a X + b X (X^H X) + c X (X^H X)^2`` on its Gram side.
+
+    The polynomial ``p(s) = a s + b s^3 + c s^5`` acts on every singular value of ``X``
+    and keeps the singular vectors. With ``wide`` the step is written on the left,
+    ``a X + (b W + c W^2) X`` with ``W = X X^H``, otherwise on the right,
+    ``a X + X (b W + c W^2)`` with ``W = X^H X``; both are the same matrix.
+
+    Args:
+        x: ``(..., p, q)`` matrices.
+        gram: their Gram matrix :func:`gram_matrix` (``wide`` as for ``x``).
+        coefficients: ``(a, b)`` (cubic) or ``(a, b, c)`` (quintic); each a Python
+            scalar or a ``(...,)`` array of per-matrix values. A cubic (``c`` left out
+            or a Python ``0``) takes 1 product, a quintic 2 (``W^2`` and the product with
+            ``X``); the Gram matrix is one more, made by the caller.
+        wide: the side of ``gram``.
+        precision: matmul precision (a :class:`jax.lax.Precision` or
+            :data:`jaxsqrtm._matrix.BFLOAT16`).
+    """
+    a, b, *rest = coefficients
+    c = rest[0] if rest else 0
+    if isinstance(c, (int, float)) and c == 0:
+        poly = _per_matrix(b) * gram
+    else:  # as (c W) W, the order of optax's step
+        poly = _per_matrix(b) * gram + mm(_per_matrix(c) * gram, gram, precision)
+    product = mm(poly, x, precision) if wide else mm(x, poly, precision)
+    return _per_matrix(a) * x + product
+
+
+def cubic_coefficients(alpha):
+    """``(a, b)`` of the scaled Newton–Schulz step ``alpha X (3 I - alpha^2 X^H X) / 2``."""
+    return 1.5 * alpha, -0.5 * alpha * alpha * alpha
+
+
+def _safe(c):
+    return jnp.where(c != 0, c, 1)[..., None, None]
+
+
+def spectral_normalized(x, *, wide: bool, precision, safety: float = 1.0):
+    """``(X / c, gram(X / c), c)`` with ``c = safety ||X^H X||_F^(1/2) >= safety sigma_max``.
+
+    ``||X^H X||_F^(1/2) = (sum sigma^4)^(1/4)``: loose by at most ``rank^(1/4)``, close to
+    ``sigma_max`` for decaying spectra, never below it. ``X`` is divided by ``||X||_F``
+    first, so the Gram matrix neither overflows nor underflows; it costs the one product
+    that the first step needs anyway. A zero matrix gives ``c = 0`` and zeros.
+    """
+    f = frobenius_norm(x)
+    x = x / _safe(f).astype(x.dtype)
+    gram = gram_matrix(x, wide=wide, precision=precision)
+    g = safety * jnp.sqrt(frobenius_norm(gram))
+    scale = _safe(g)
+    return x / scale.astype(x.dtype), gram / (scale * scale).astype(x.dtype), f * g
+
+
 def polar_cost(dtype, floor: float | None = None) -> int:
     """Matrix products of :func:`polar_factor`: two a step (``X^H X`` and ``X`` times the
     cubic's factor), each ``max(p, q) x min(p, q)`` by ``min(p, q) x min(p, q)``."""
@@ -130,25 +209,23 @@ def polar_factor(m, *, floor: float | None = None, precision=lax.Precision.HIGHE
     floor = default_floor(m.dtype) if floor is None else floor
     wide = m.shape[-2] < m.shape[-1]
     x = adjoint(m) if wide else m
-    # ||X||_F first, so that the Gram matrix cannot overflow or underflow.
-    f = frobenius_norm(x)
-    x = x / jnp.where(f != 0, f, 1)[..., None, None].astype(x.dtype)
-    gram = mm(adjoint(x), x, precision)
-    g = jnp.sqrt(frobenius_norm(gram))
-    g = jnp.where(g != 0, g, 1)
-    x = x / g[..., None, None].astype(x.dtype)
-    gram = gram / (g * g)[..., None, None].astype(x.dtype)
+    x, gram, scale = spectral_normalized(x, wide=False, precision=precision)
     alphas = schedule(np.dtype(real_dtype(m.dtype)), floor)
-
-    def step(x, gram, alpha):
-        return (0.5 * alpha) * (3 * x - (alpha * alpha) * mm(x, gram, precision))
-
-    x = step(x, gram, alphas[0])
+    x = polynomial_step(x, gram, cubic_coefficients(alphas[0]), wide=False, precision=precision)
     table = jnp.asarray(alphas, real_dtype(m.dtype))
-    x = lax.fori_loop(
-        1, len(alphas), lambda k, x: step(x, mm(adjoint(x), x, precision), table[k]), x
-    )
-    return Polar(adjoint(x) if wide else x, f * g)
+
+    def step(k, x):
+        coefficients = cubic_coefficients(table[k])
+        return polynomial_step(
+            x,
+            gram_matrix(x, wide=False, precision=precision),
+            coefficients,
+            wide=False,
+            precision=precision,
+        )
+
+    x = lax.fori_loop(1, len(alphas), step, x)
+    return Polar(adjoint(x) if wide else x, scale)
 
 
 def pairwise_sum(x):
