@@ -20,18 +20,33 @@ from jaxsqrtm._distances import (
 )
 from jaxsqrtm._feature_statistics import FeatureStatistics, frechet_distance_from_statistics
 from jaxsqrtm._lyapunov import solve_lyapunov
+from jaxsqrtm._polar_api import POLAR_METHODS, PolarInfo, polar, polar_matmul_count
+from jaxsqrtm._power_api import (
+    POWER_METHODS,
+    PowerInfo,
+    fractional_matrix_power,
+    power_matmul_count,
+)
 
 __all__ = [
     "METHODS",
+    "POLAR_METHODS",
+    "POWER_METHODS",
     "FeatureStatistics",
+    "PolarInfo",
+    "PowerInfo",
     "RootInfo",
     "bures_wasserstein",
     "fidelity",
+    "fractional_matrix_power",
     "frechet_distance",
     "frechet_distance_from_features",
     "frechet_distance_from_statistics",
     "inv_sqrtm",
     "matmul_count",
+    "polar",
+    "polar_matmul_count",
+    "power_matmul_count",
     "solve_lyapunov",
     "sqrtm",
     "trace_sqrtm_product",

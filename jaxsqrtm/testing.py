@@ -283,3 +283,155 @@ def frechet_distance_reference(x1, x2) -> float:
     nuclear = np.linalg.svd(f1 @ f2.T, compute_uv=False).sum() / np.sqrt((n1 - 1) * (n2 - 1))
     traces = (c1**2).sum() / (n1 - 1) + (c2**2).sum() / (n2 - 1)
     return float(((x1.mean(0) - x2.mean(0)) ** 2).sum() + traces - 2 * nuclear)
+
+
+def rectangular_matrix(
+    m: int,
+    n: int,
+    kappa: float = 10.0,
+    *,
+    kind: str = "geometric",
+    singular_values=None,
+    batch: tuple[int, ...] = (),
+    scale: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """``scale * P diag(s) Q^T`` (``m x n``) with prescribed singular values, float64.
+
+    ``P`` and ``Q`` are the first ``k = min(m, n)`` columns of Haar orthogonal matrices,
+    drawn per batch element; ``s`` is ``singular_values`` (at most ``k`` of them, padded
+    with zeros: a rank-deficient matrix) or :func:`spectrum` ``(k, kappa, kind)``
+    (largest 1, smallest ``1/kappa``; ``"clustered"`` repeats the smallest).
+
+    Returns:
+        ``batch + (m, n)`` float64 array.
+    """
+    k = min(m, n)
+    if singular_values is None:
+        s = spectrum(k, kappa, kind)
+    else:
+        s = np.zeros(k)
+        given = np.asarray(singular_values, dtype=np.float64)
+        if given.ndim != 1 or len(given) > k:
+            raise ValueError(f"need at most {k} singular values, got shape {given.shape}")
+        s[: len(given)] = given
+    rng = np.random.default_rng(seed)
+    count = int(np.prod(batch, dtype=int))
+    mats = np.empty((count, m, n))
+    for i in range(count):
+        p = random_orthogonal(m, rng)[:, :k]
+        q = random_orthogonal(n, rng)[:, :k]
+        mats[i] = scale * (p * s) @ q.T
+    return mats.reshape(*batch, m, n)
+
+
+def polar_reference(g) -> np.ndarray:
+    """The polar factor ``P Q^H`` of the thin SVD ``G = P S Q^H``, float64 (complex128).
+
+    Every singular value is kept: for a rank-deficient ``G`` build the reference from
+    its exact range instead.
+    """
+    g = np.asarray(g, dtype=np.complex128 if np.iscomplexobj(g) else np.float64)
+    p, _, qh = np.linalg.svd(g, full_matrices=False)
+    return p @ qh
+
+
+def polar_derivative_reference(g, dg) -> np.ndarray:
+    """The derivative of the polar factor of full-rank ``G`` along ``dG``, float64.
+
+    With ``G = P S Q^T`` (``m >= n``; transposed otherwise), ``E = P^T dG Q`` and
+    ``F_ij = 1 / (s_i + s_j)``::
+
+        dU = P [F o (E - E^T)] Q^T + (I - P P^T) dG Q S^-1 Q^T.
+
+    The map ``dG -> dU`` is self-adjoint, so the same function gives the reverse-mode
+    cotangent ``dl/dG`` of a cotangent ``dl/dU``. Real input only.
+    """
+    g, dg = np.asarray(g, np.float64), np.asarray(dg, np.float64)
+    wide = g.shape[-2] < g.shape[-1]
+    if wide:
+        g, dg = np.swapaxes(g, -1, -2), np.swapaxes(dg, -1, -2)
+    p, s, qh = np.linalg.svd(g, full_matrices=False)
+    q = np.swapaxes(qh, -1, -2)
+    e = np.swapaxes(p, -1, -2) @ dg @ q
+    f = 1 / (s[..., :, None] + s[..., None, :])
+    rotation = p @ (f * (e - np.swapaxes(e, -1, -2))) @ qh
+    outside = dg - p @ (np.swapaxes(p, -1, -2) @ dg)
+    du = rotation + outside @ (q / s[..., None, :]) @ qh
+    return np.swapaxes(du, -1, -2) if wide else du
+
+
+GRADIENT_KINDS = ("heavy_tailed", "power_law", "low_rank", "near_rank_one")
+
+
+def gradient_like(
+    m: int, n: int, *, count: int = 1, kind: str | None = None, seed: int = 0
+) -> np.ndarray:
+    """``count`` matrices shaped like the weight gradients and momenta of a network, float64.
+
+    Kinds (``kind=None`` cycles through :data:`GRADIENT_KINDS`, matrix ``i`` getting kind
+    ``i % 4``), each with a random overall scale ``10^U(-6, 3)``:
+
+    * ``"heavy_tailed"``: ``A diag(w) B^T``, a sum of ``r = max(m, n)`` outer products of
+      Gaussian vectors weighted by Student-t (one degree of freedom) samples: a few
+      directions dominate;
+    * ``"power_law"``: ``P diag(i^-a) Q^T`` with ``a`` uniform in ``[0.5, 3]``: condition
+      numbers from 10 to ``1e9``;
+    * ``"low_rank"``: ``A B^T`` of rank ``r`` uniform in ``[1, min(m, n) / 4]``, plus
+      nothing: exactly rank-deficient in float64, with round-off singular values once
+      rounded;
+    * ``"near_rank_one"``: ``u v^T`` plus Gaussian noise ``10^U(-4, -1)`` times smaller
+      per entry.
+    """
+    if kind is not None and kind not in GRADIENT_KINDS:
+        raise ValueError(f"kind must be one of {GRADIENT_KINDS}, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    k = min(m, n)
+    out = np.empty((count, m, n))
+    for i in range(count):
+        which = kind or GRADIENT_KINDS[i % len(GRADIENT_KINDS)]
+        if which == "heavy_tailed":
+            r = max(m, n)
+            w = rng.standard_t(1, size=r)
+            g = (rng.standard_normal((m, r)) * w) @ rng.standard_normal((r, n))
+        elif which == "power_law":
+            s = np.arange(1, k + 1, dtype=np.float64) ** -rng.uniform(0.5, 3)
+            p, _ = np.linalg.qr(rng.standard_normal((m, k)))
+            q, _ = np.linalg.qr(rng.standard_normal((n, k)))
+            g = (p * s) @ q.T
+        elif which == "low_rank":
+            r = int(rng.integers(1, max(k // 4, 1) + 1))
+            g = rng.standard_normal((m, r)) @ rng.standard_normal((r, n))
+        else:
+            spike = np.outer(rng.standard_normal(m), rng.standard_normal(n))
+            noise = 10 ** rng.uniform(-4, -1) * rng.standard_normal((m, n))
+            g = spike + noise
+        out[i] = 10 ** rng.uniform(-6, 3) * g / np.abs(g).max()
+    return out
+
+
+def power_reference(a, t: float, *, floor: float = 0.0) -> np.ndarray:
+    """``A^t`` of the symmetric part in float64 by ``numpy.linalg.eigh``, PSD semantics.
+
+    Eigenvalues at or below ``floor * max|l|`` count as 0: ``t > 0`` gives the power of
+    the PSD part, ``t < 0`` the pseudo-inverse power (0 there). ``floor = 0`` clamps the
+    negative eigenvalues only.
+    """
+    w, v = np.linalg.eigh(_symmetric64(a))
+    kept = w > floor * np.abs(w).max(axis=-1, keepdims=True)
+    f = np.where(kept, np.where(kept, w, 1) ** t, 0)
+    return (v * f[..., None, :]) @ _adjoint(v)
+
+
+def power_vjp_reference(a, g, t: float) -> np.ndarray:
+    """``dl/dA`` for the cotangent ``g = dl/dA^t``, real SPD ``a``: Daleckii–Krein in
+    float64, ``F_ij = (l_i^t - l_j^t) / (l_i - l_j)`` and ``t l^(t-1)`` where
+    ``l_i = l_j`` (to ``1e-12`` relative)."""
+    w, v = np.linalg.eigh(_symmetric64(a))
+    f, derivative = w**t, t * w ** (t - 1)
+    difference = w[..., :, None] - w[..., None, :]
+    tie = np.abs(difference) <= 1e-12 * np.abs(w).max(axis=-1)[..., None, None]
+    divided = (f[..., :, None] - f[..., None, :]) / np.where(tie, 1, difference)
+    mean_derivative = (derivative[..., :, None] + derivative[..., None, :]) / 2
+    vt = np.swapaxes(v, -1, -2)
+    return v @ ((vt @ _symmetric64(g) @ v) * np.where(tie, mean_derivative, divided)) @ vt

@@ -360,3 +360,94 @@ def test_scipy_formula_falls_back_to_an_offset_when_not_finite(monkeypatch):
     assert len(calls) == 2
     np.testing.assert_allclose(calls[1], (s + 1e-6 * np.eye(2)) @ (s + 1e-6 * np.eye(2)))
     assert value == pytest.approx(2.0, abs=1e-5)  # |mu1 - mu2|^2 + tr S + tr S - 2 tr S
+
+
+def test_polar_workload_runs_at_a_tiny_size(tmp_path):
+    """Every column on a wide stack, the speed ratio and the bfloat16 counts."""
+    from jaxsqrtm.bench import polar
+
+    json_path = tmp_path / "bench.json"
+    args = ["--quick", "--workloads", "polar", "--polar-layers", "2", "--repeats", "1"]
+    args += ["--polar-shapes", "6x10", "--polar-bf16-count", "3", "--no-progress"]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert bench.main([*args, "--json", str(json_path)]) == 0
+    figures = json.loads(json_path.read_text())["polar"]
+    names = {c.name for c in polar.available_columns()}
+    for shape in ([6, 10],):
+        rows = {r["method"]: r for r in figures["rows"] if r["shape"] == shape}
+        assert set(rows) == names
+        for name, row in rows.items():
+            if row["fails"]:  # only QDWH may fail (it does for m < n)
+                assert name == "scipy_polar"
+                continue
+            assert row["finite"] and row["median_s"] > 0
+            assert row["error"] < (0.5 if name.startswith("quintic") or name == "optax" else 0.05)
+        if "optax" in rows:
+            assert rows["quintic"]["error"] == pytest.approx(rows["optax"]["error"], rel=1e-3)
+    assert len(figures["summary"]["speed"]) == (1 if polar.has_optax() else 0)
+    bf16 = figures["bfloat16"]
+    assert bf16["count"] == 3
+    assert set(bf16["methods"]) == set(polar.BF16_METHODS)
+    assert all(e["nonfinite"] == 0 for e in bf16["methods"].values())
+    assert report.POLAR_TITLE in stdout.getvalue()
+
+
+def test_powers_workload_runs_at_a_tiny_size(tmp_path):
+    """Every column at p = 4 on a 2 x 8 x 8 batch: errors, times and the cost ratio."""
+    from jaxsqrtm.bench import powers
+
+    json_path = tmp_path / "bench.json"
+    args = ["--quick", "--workloads", "powers", "--power-batch", "2", "--power-n", "8"]
+    args += ["--power-exponents", "4", "--power-kappa", "10", "--repeats", "1", "--no-progress"]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert bench.main([*args, "--json", str(json_path)]) == 0
+    figures = json.loads(json_path.read_text())["powers"]
+    assert figures["shape"] == [2, 8, 8]
+    rows = {r["method"]: r for r in figures["rows"]}
+    assert set(rows) == {c.name for c in powers.available_columns()}
+    for name, row in rows.items():
+        assert row["finite"] and row["median_s"] > 0
+        assert row["error"] < (1e-12 if row["dtype"] == "float64" else 1e-5), name
+    assert figures["summary"]["cost_ratio"] > 0
+    assert report.POWERS_TITLE in stdout.getvalue()
+
+
+def test_cost_model():
+    """Products at an H100's dense throughputs: the issue's arithmetic (3x needs a
+    bfloat16 share of 0.715 at an unchanged count) and the units."""
+    from jaxsqrtm.bench import cost_model
+
+    assert cost_model.break_even_share() == pytest.approx(0.7151, abs=1e-4)
+    all_fp32 = {"float32": 100}
+    assert cost_model.speedup(all_fp32, {"bfloat16": 72, "float32": 28}) == pytest.approx(
+        1 / (0.28 + 0.72 * 67 / 990)
+    )
+    seconds = cost_model.product_seconds({"bfloat16": 3}, n=1024, batch=2)
+    assert seconds == pytest.approx(3 * 2 * 2 * 1024**3 / 990e12)
+    assert cost_model.share({"bfloat16": 3, "float32": 1}) == 0.75
+    with pytest.raises(ValueError, match="fp8"):
+        cost_model.product_seconds({"fp8": 1}, n=4)
+
+
+def test_precision_workload_runs_at_a_tiny_size(tmp_path):
+    """--precision adds the workload: both precisions of sqrtm on a 2 x 8 x 8 batch, with
+    times, errors, products per kind and the estimate."""
+    json_path = tmp_path / "bench.json"
+    args = ["--quick", "--workloads", "batch", "--batches", "1", "--batch-n", "8"]
+    args += ["--methods", "eigh", "--functions", "sqrtm", "--repeats", "1", "--no-progress"]
+    args += ["--precision", "highest,mixed", "--precision-shapes", "2x8"]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert bench.main([*args, "--json", str(json_path)]) == 0
+    figures = json.loads(json_path.read_text())["precision"]
+    assert [r["precision"] for r in figures["rows"]] == ["highest", "mixed"]
+    for row in figures["rows"]:
+        assert row["finite"] and row["forward_backward"]["median_s"] > 0
+        assert row["error"]["forward"] < 1e-5 and row["error"]["gradient"] < 1e-4
+        if row["precision"] == "mixed":
+            assert row["bfloat16_share"] > 0.6 and row["estimated_speedup"] > 1
+        else:
+            assert set(row["products"]) == {"float32"} and row["estimated_speedup"] == 1
+    assert report.PRECISION_TITLE in stdout.getvalue()

@@ -8,7 +8,7 @@ import pathlib
 import sys
 
 from jaxsqrtm import testing
-from jaxsqrtm.bench import blas, cases, report, runner, workloads
+from jaxsqrtm.bench import blas, cases, precision, report, runner, workloads
 
 DESCRIPTION = """\
 Time and accuracy of jaxsqrtm's matrix square roots against batch size and matrix size,
@@ -18,13 +18,33 @@ forward+backward medians over interleaved repeats, compile time, a roofline rati
 reference and the memory of reverse mode. The distances workload computes the Fréchet
 distance (FID) of real-image features with SciPy's formula (pytorch-fid's), float32 and
 float64 eigh, OTT-JAX's costs.Bures (if installed) and jaxsqrtm, and compares their errors
-and times. BLAS libraries are held to one thread during the run (threadpoolctl), so that
-LAPACK does not compete with XLA for the cores. Prints Markdown tables to stdout (with
---quick, one screen); --json keeps every figure."""
+and times. The powers workload times inverse p-th roots A^(-1/p) of a batch of
+statistics: jaxsqrtm.fractional_matrix_power, float32 eigh and optax's
+matrix_inverse_pth_root, with inv_sqrtm and float64 eigh on the same input. The polar
+workload orthogonalises stacks of L x m x n matrices with jaxsqrtm.polar's methods,
+optax's Muon orthogonalisation and jax.scipy.linalg.polar, and counts bfloat16 outliers
+on gradient-like matrices. The precision workload (--precision highest,mixed) times
+sqrtm and inv_sqrtm at each product precision and turns their products per precision into
+an expected accelerator speed-up (an H100 cost model). BLAS libraries are held to one
+thread during the run (threadpoolctl), so that LAPACK does not compete with XLA for the
+cores. Prints Markdown tables to stdout (with --quick, one screen); --json keeps every
+figure."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(item) for item in text.split(",") if item.strip())
+
+
+def _shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """``"512x2048,1024x1024"`` as ``((512, 2048), (1024, 1024))``."""
+    try:
+        return tuple(
+            tuple(int(side) for side in item.lower().split("x", 1))
+            for item in text.split(",")
+            if item.strip()
+        )
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shapes are MxN, comma-separated, got {text!r}") from None
 
 
 def _names(choices):
@@ -62,6 +82,19 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--distance-dim", type=int, help=dim_help)
     samples_help = "samples per feature set, one image case each"
     sweep.add_argument("--distance-samples", type=_ints, help=samples_help)
+    sweep.add_argument("--power-batch", type=int, help="B of the powers workload's B x n x n")
+    sweep.add_argument("--power-n", type=int, help="n of the powers workload (target: 1024)")
+    sweep.add_argument("--power-kappa", type=float, help="condition number of its statistics")
+    sweep.add_argument("--power-exponents", type=_ints, help="p of its roots A^(-1/p)")
+    sweep.add_argument("--polar-layers", type=int, help="L of the polar workload's L x m x n")
+    sweep.add_argument("--polar-shapes", type=_shapes, help="its m x n, e.g. 512x2048,1024x1024")
+    bf16_help = "gradient-like matrices of its bfloat16 measurement"
+    sweep.add_argument("--polar-bf16-count", type=int, help=bf16_help)
+    precision_help = "precisions of the precision workload (added to the run), e.g. highest,mixed"
+    sweep.add_argument(
+        "--precision", dest="precisions", type=_names(precision.PRECISIONS), help=precision_help
+    )
+    sweep.add_argument("--precision-shapes", type=_shapes, help="its BxN, e.g. 64x64,1x1024")
     measure = p.add_argument_group("measurement")
     measure.add_argument("--repeats", type=int, help="interleaved timed samples per case")
     measure.add_argument("--warmup", type=int, help="untimed calls per case")
@@ -84,7 +117,10 @@ def settings_from(args: argparse.Namespace) -> workloads.Settings:
     """The preset (full or ``--quick``) with every given option applied."""
     fields = {f.name for f in dataclasses.fields(workloads.Settings)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return workloads.quick_settings(**given) if args.quick else workloads.Settings(**given)
+    settings = workloads.quick_settings(**given) if args.quick else workloads.Settings(**given)
+    if args.precisions and "precision" not in settings.workloads:
+        settings = dataclasses.replace(settings, workloads=(*settings.workloads, "precision"))
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -291,6 +291,12 @@ def markdown(result: dict, *, compact: bool = False) -> str:
         parts += _root_parts(result, compact)
     if result.get("distances"):
         parts.append(distances_markdown(result["distances"]))
+    if result.get("powers"):
+        parts.append(powers_markdown(result["powers"]))
+    if result.get("polar"):
+        parts.append(polar_markdown(result["polar"]))
+    if result.get("precision"):
+        parts.append(precision_markdown(result["precision"]))
     return "\n\n".join(parts) + "\n"
 
 
@@ -335,7 +341,7 @@ def header(result: dict) -> str:
             f"spectrum, condition number {settings['kappa']:g}; median of up to "
             f"{settings['repeats']} interleaved repeats, compile time excluded."
         )
-    elif result.get("distances"):
+    elif any(result.get(k) for k in ("distances", "powers", "polar", "precision")):
         text += (
             f" Median of up to {settings['repeats']} interleaved repeats, compile time excluded."
         )
@@ -547,3 +553,201 @@ def _speed_target(summary_: dict, labels: dict[str, str]) -> str:
         f"**Speed target**: jaxsqrtm's FID at d = {summary_['dim']} ≥ {target:g}x faster than "
         f"scipy.linalg.sqrtm(S1 S2). {'; '.join(parts)}."
     )
+
+
+POWERS_TITLE = "Inverse p-th roots A^(-1/p) of statistics"
+
+
+def powers_markdown(figures: dict) -> str:
+    """The ``powers`` workload: one line per exponent and method, and the cost target.
+
+    Args:
+        figures: :func:`jaxsqrtm.bench.powers.run`'s output (``result["powers"]``).
+    """
+    batch, n, _ = figures["shape"]
+    intro = paragraph(
+        f"**{POWERS_TITLE}**: {batch} x {n} x {n} float32 SPD matrices with a "
+        f"Marchenko-Pastur spectrum (a sample covariance's), condition number "
+        f"{figures['kappa']:g}, in one batched call per method. error: relative Frobenius "
+        "error against float64 eigh of the same (float32) input, largest over the batch; "
+        "ms: median, compile time excluded; x inv_sqrtm: time over jaxsqrtm.inv_sqrtm's on "
+        "the same input. optax runs with ridge_epsilon=0 (the same root), under jax.vmap."
+    )
+    unit = next((r for r in figures["rows"] if r["method"] == "inv_sqrtm"), None)
+    body = []
+    for row in sorted(figures["rows"], key=lambda r: (r["p"], r["method"] != "jaxsqrtm")):
+        ratio = MISSING if unit is None else f"{row['median_s'] / unit['median_s']:.3g}"
+        body.append(
+            [
+                f"-1/{row['p']}",
+                row["label"],
+                row["dtype"],
+                error_text(row["error"]) + ("" if row["finite"] else " (non-finite)"),
+                milliseconds(row["median_s"]),
+                ratio,
+            ]
+        )
+    header_ = ["t", "method", "dtype", "error", "ms", "x inv_sqrtm"]
+    summary_ = figures["summary"]
+    if summary_["cost_ratio"] is None:
+        target = "**Cost target**: not measured (p = 4 or inv_sqrtm not timed)."
+    else:
+        target = paragraph(
+            f"**Cost target**: fractional_matrix_power(A, -1/{summary_['cost_exponent']}) "
+            f"at most {summary_['cost_target']:g}x inv_sqrtm(A): "
+            f"{summary_['cost_ratio']:.3g}x {'✓' if summary_['met'] else '✗'}."
+        )
+    return "\n\n".join([intro, table(header_, body), target])
+
+
+POLAR_TITLE = "Polar factor of stacked matrices (Muon's orthogonalisation)"
+
+
+def polar_markdown(figures: dict) -> str:
+    """The ``polar`` workload: one line per shape and column, the speed target and the
+    bfloat16 measurement.
+
+    Args:
+        figures: :func:`jaxsqrtm.bench.polar.run`'s output (``result["polar"]``).
+    """
+    intro = paragraph(
+        f"**{POLAR_TITLE}**: {figures['layers']} float32 matrices per shape with a "
+        f"{figures['spectrum']} spectrum of condition number {figures['kappa']:g}, one call "
+        "per column. error: relative Frobenius error against the float64 SVD of the same "
+        "input, largest over the stack; ||U^T U - I||: on the smaller side; ms: median, "
+        "compile time excluded; x optax: time over optax's (same schedule, default "
+        "precision). quintic is optax's schedule tuned past convergence: its singular "
+        "values end in [0.7, 1.2]."
+    )
+    optax_s = {
+        tuple(r["shape"]): r["median_s"]
+        for r in figures["rows"]
+        if r["method"] == "optax" and r["median_s"]
+    }
+    body, previous = [], None
+    for row in figures["rows"]:
+        shape = tuple(row["shape"])
+        label = f"{figures['layers']}x{shape[0]}x{shape[1]}"
+        first, previous = shape != previous, shape
+        if row["fails"]:
+            cells = ["fails (below)", MISSING, MISSING, MISSING]
+        else:
+            baseline = optax_s.get(shape)
+            cells = [
+                error_text(row["error"]) if row["finite"] else "non-finite",
+                error_text(row["orthogonality"]),
+                milliseconds(row["median_s"]),
+                f"{row['median_s'] / baseline:.3g}" if baseline else MISSING,
+            ]
+        precision = row["precision"] or MISSING
+        body.append([label if first else "", row["label"], precision, *cells])
+    header_ = ["shape", "method", "precision", "error", "||U^T U - I||", "ms", "x optax"]
+    speed = figures["summary"]["speed"]
+    target = figures["summary"]["speed_target"]
+    if speed:
+        found = "; ".join(
+            f"{e['shape'][0]}x{e['shape'][1]}: {e['ratio']:.3g}x {'✓' if e['met'] else '✗'}"
+            for e in speed
+        )
+        speed_text = paragraph(
+            f"**Speed target**: jaxsqrtm's quintic at most {target:g}x optax's time. {found}."
+        )
+    else:
+        speed_text = "**Speed target**: not measured (optax not installed)."
+    failures = [
+        f"{row['label']} at {row['shape'][0]}x{row['shape'][1]}: {row['fails']}"
+        for row in figures["rows"]
+        if row["fails"]
+    ]
+    fails_text = paragraph("**Fails**: " + "; ".join(failures) + ".") if failures else None
+    bf16 = figures["bfloat16"]
+    lines = []
+    for method, e in bf16["methods"].items():
+        mark = MISSING if e["met"] is None else ("✓" if e["met"] else "✗")
+        top = MISSING if e["top"] is None else f"{e['top']:.4g}"
+        bound = f", float64 bound {e['bound']:.4g}" if e.get("bound") else ""
+        lines.append(f"{method} {mark}: {e['nonfinite']} non-finite, top {top}{bound}")
+    bf16_text = paragraph(
+        f"**bfloat16 products** on {bf16['count']} gradient-like matrices "
+        f"({', '.join(f'{m}x{n}' for m, n in bf16['shapes'])}); target: none non-finite, "
+        f"largest top singular value at most {bf16['target']:g} (quintic, tuned past 1: "
+        "its own float64 bound): " + "; ".join(lines) + "."
+    )
+    parts = [intro, table(header_, body), fails_text, speed_text, bf16_text]
+    return "\n\n".join(part for part in parts if part)
+
+
+PRECISION_TITLE = "Time by product precision"
+
+
+def precision_markdown(figures: dict) -> str:
+    """The ``precision`` workload: one line per shape, function and precision, and the
+    speed target on the cost model's estimate.
+
+    Args:
+        figures: :func:`jaxsqrtm.bench.precision.run`'s output (``result["precision"]``).
+    """
+    throughput = ", ".join(f"{k} {v / 1e12:g}" for k, v in figures["throughput"].items())
+    platform = figures["platform"]
+    caveat = (
+        " On a CPU the measured ratio says nothing about accelerators: its products have no "
+        "fast bfloat16 path."
+        if platform == "cpu"
+        else ""
+    )
+    intro = paragraph(
+        f"**{PRECISION_TITLE}**: method auto, float32 SPD matrices with a "
+        f"{figures['spectrum']} spectrum, condition number {figures['kappa']:g}. ms: "
+        f"median on this device ({platform}), compile time excluded; products: forward+"
+        "backward per matrix by kind (largest over the batch); bf16: their bfloat16 share; "
+        "x highest: forward+backward speed-up over highest, measured here and estimated "
+        f"by the cost model (products at an H100's dense TFLOP/s: {throughput}; an "
+        f"estimate, not a measurement).{caveat}"
+    )
+    body = []
+    for row in figures["rows"]:
+        batch, n, _ = row["shape"]
+        products = ", ".join(f"{k} {v}" for k, v in row["products"].items() if v)
+        body.append(
+            [
+                f"{batch}x{n}x{n}",
+                row["function"],
+                row["precision"],
+                milliseconds(row["forward"]["median_s"]),
+                milliseconds(row["forward_backward"]["median_s"]),
+                errors_pair(row["error"]) + ("" if row["finite"] else " (non-finite)"),
+                products or MISSING,
+                f"{row['bfloat16_share']:.0%}",
+                ratio_text(row["measured_speedup"]),
+                ratio_text(row["estimated_speedup"]),
+            ]
+        )
+    header_ = [
+        "shape",
+        "function",
+        "precision",
+        "fwd ms",
+        "fwd+bwd ms",
+        "error (root / grad)",
+        "products",
+        "bf16",
+        "x highest (here)",
+        "x highest (H100 est.)",
+    ]
+    summary_ = figures["summary"]
+    found = "; ".join(
+        f"{e['shape'][0]}x{e['shape'][1]}x{e['shape'][2]} {e['function']}: "
+        f"{e['estimated']:.3g}x {'✓' if e['met'] else '✗'}"
+        for e in summary_["entries"]
+    )
+    target = paragraph(
+        f"**Speed target** (estimate): mixed at least {summary_['target']:g}x highest "
+        f"forward+backward; with an unchanged product count that needs a bfloat16 share of "
+        f"{summary_['break_even_share']:.0%}. {found or 'not measured (no mixed row)'}."
+    )
+    return "\n\n".join([intro, table(header_, body), target])
+
+
+def errors_pair(error: dict) -> str:
+    """``"root / gradient"`` relative errors."""
+    return f"{error_text(error['forward'])} / {error_text(error['gradient'])}"

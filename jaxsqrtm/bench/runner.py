@@ -21,7 +21,18 @@ import numpy as np
 
 import jaxsqrtm
 from jaxsqrtm import testing
-from jaxsqrtm.bench import blas, cases, distances, memory, report, timing, workloads
+from jaxsqrtm.bench import (
+    blas,
+    cases,
+    distances,
+    memory,
+    polar,
+    powers,
+    precision,
+    report,
+    timing,
+    workloads,
+)
 
 
 def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dict:
@@ -37,7 +48,9 @@ def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dic
         end of the run, load averages), ``settings``, ``products`` (one
         batched product per shape), ``rows``, ``summary``, ``distances``
         (:func:`jaxsqrtm.bench.distances.run`'s figures, ``None`` when that workload is
-        not selected) and ``elapsed_s``.
+        not selected), ``powers`` (:func:`jaxsqrtm.bench.powers.run`'s, likewise),
+        ``polar`` (:func:`jaxsqrtm.bench.polar.run`'s, likewise), ``precision``
+        (:func:`jaxsqrtm.bench.precision.run`'s, likewise) and ``elapsed_s``.
     """
     start = time.perf_counter()
     load_before = load_average()
@@ -45,9 +58,16 @@ def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dic
     settings = dataclasses.replace(settings, methods=methods)
     plan = workloads.plan_groups(settings)
     with_distances = "distances" in settings.workloads
+    with_powers = "powers" in settings.workloads
+    with_polar = "polar" in settings.workloads
+    with_precision = "precision" in settings.workloads
     total = sum(steps(group, settings) for group in plan)
-    bar = progress_bar(total + (distances.steps(settings) if with_distances else 0), progress)
-    products, rows, distance_figures = [], [], None
+    total += distances.steps(settings) if with_distances else 0
+    total += polar.steps(settings) if with_polar else 0
+    total += precision.steps(settings) if with_precision else 0
+    bar = progress_bar(total + (powers.steps(settings) if with_powers else 0), progress)
+    products, rows, distance_figures, power_figures, polar_figures = [], [], None, None, None
+    precision_figures = None
     try:
         for group in plan:
             bar.set_description(f"{group.batch}x{group.n}x{group.n}")
@@ -56,6 +76,12 @@ def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dic
             rows += group_rows
         if with_distances:
             distance_figures = distances.run(settings, bar)
+        if with_powers:
+            power_figures = powers.run(settings, bar)
+        if with_polar:
+            polar_figures = polar.run(settings, bar)
+        if with_precision:
+            precision_figures = precision.run(settings, bar)
     finally:
         bar.close()
     return {
@@ -73,6 +99,9 @@ def run_benchmark(settings: workloads.Settings, *, progress: bool = True) -> dic
         "rows": rows,
         "summary": report.summary(rows),
         "distances": distance_figures,
+        "powers": power_figures,
+        "polar": polar_figures,
+        "precision": precision_figures,
         "elapsed_s": time.perf_counter() - start,
     }
 

@@ -4,7 +4,11 @@ A workload is one ``batch x n x n`` shape with a purpose (a point of the batch s
 the size sweep, a target shape or an application). Workloads with the same shape and the
 same input matrices are merged into one :class:`Group`, timed once and tagged with every
 workload it serves. The ``distances`` workload (Fréchet distances of feature sets,
-:mod:`jaxsqrtm.bench.distances`) has no such shape and plans its own cases.
+:mod:`jaxsqrtm.bench.distances`) has no such shape and plans its own cases, as does
+``powers`` (inverse ``p``-th roots of statistics, :mod:`jaxsqrtm.bench.powers`) and
+``polar`` (polar factors of stacked rectangular matrices, :mod:`jaxsqrtm.bench.polar`)
+and ``precision`` (the accurate roots at each product precision,
+:mod:`jaxsqrtm.bench.precision`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ import numpy as np
 
 from jaxsqrtm import testing
 
-WORKLOAD_KINDS = ("batch", "size", "target", "application", "distances")
+WORKLOAD_KINDS = (
+    "batch",
+    "size",
+    "target",
+    "application",
+    "distances",
+    "powers",
+    "polar",
+    "precision",
+)
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 # (name, batch, n, matrix source); the covariance-pooling batch comes from the settings.
@@ -58,6 +71,15 @@ class Settings:
         distance_dim: feature dimension of the image cases of the ``distances`` workload.
         distance_samples: samples per feature set, one image case each (fewer and more
             than ``distance_dim``).
+        power_batch: batch ``B`` of the ``powers`` workload's ``(B, n, n)`` statistics.
+        power_n: their size ``n`` (the documented target size is 1024).
+        power_kappa: their condition number.
+        power_exponents: the ``p`` of the roots ``A^(-1/p)`` it times.
+        polar_layers: ``L`` of the ``polar`` workload's ``(L, m, n)`` stacks.
+        polar_shapes: their ``(m, n)``.
+        polar_bf16_count: gradient-like matrices of its bfloat16 measurement.
+        precisions: product precisions of the ``precision`` workload (``--precision``).
+        precision_shapes: its ``(batch, n)`` shapes.
         seed: seed of the matrices and cotangents (and of the features of ``distances``).
     """
 
@@ -81,6 +103,15 @@ class Settings:
     digits_ridge: float = 1e-3
     distance_dim: int = 2048
     distance_samples: tuple[int, ...] = (1200, 4096)
+    power_batch: int = 4
+    power_n: int = 256
+    power_kappa: float = 1e4
+    power_exponents: tuple[int, ...] = (2, 3, 4, 6, 8)
+    polar_layers: int = 4
+    polar_shapes: tuple[tuple[int, int], ...] = ((512, 2048), (1024, 1024))
+    polar_bf16_count: int = 10_000
+    precisions: tuple[str, ...] = ("highest", "mixed")
+    precision_shapes: tuple[tuple[int, int], ...] = ((64, 64), (1, 1024))
     seed: int = 0
 
 
@@ -88,7 +119,10 @@ def quick_settings(**overrides) -> Settings:
     """A subset of the full run that finishes in under two minutes on a 2-core CPU.
 
     Three shapes (1 x 64 x 64, 64 x 64 x 64 and 256 x 32 x 32), compiling each case once,
-    dominate its time. The ``distances`` workload, when selected, runs at ``d = 256``.
+    dominate its time. The ``distances`` workload, when selected, runs at ``d = 256``,
+    ``powers`` at ``2 x 64 x 64``, ``polar`` at ``2 x 64 x 256`` and ``2 x 128 x 128`` with 300
+    matrices in its bfloat16 measurement, ``precision`` at ``64 x 64 x 64`` and
+    ``1 x 256 x 256``.
     """
     quick = {
         "batches": (1, 64),
@@ -99,6 +133,12 @@ def quick_settings(**overrides) -> Settings:
         "max_case_s": 0.3,
         "distance_dim": 256,
         "distance_samples": (150, 512),
+        "power_batch": 2,
+        "power_n": 64,
+        "polar_layers": 2,
+        "polar_shapes": ((64, 256), (128, 128)),
+        "polar_bf16_count": 300,
+        "precision_shapes": ((64, 64), (1, 256)),
     }
     return Settings(**{**quick, **overrides})
 
