@@ -21,6 +21,8 @@ NAMES = (
     "covariance_pooling",
     "style_transfer",
     "frechet_distance",
+    "muon",
+    "shampoo",
 )
 CELL_TIMEOUT_S = 600
 
