@@ -54,6 +54,17 @@ def _symmetric_c_step(b, c, alpha=1.0, *, precision):
     return 0.5 * alpha * (3 * c - alpha * alpha * y)
 
 
+def _skew_c_step(b, c, alpha, *, precision):
+    """The ``C`` half of a sign step on ``alpha [[B, C], [0, -B]]`` for skew-Hermitian ``C``.
+
+    ``alpha (3 C - alpha^2 (B^2 C + C B^2 - B C B)) / 2`` in 2 products: with ``D = B C``
+    (so ``C B = -D^H``) the bracket is ``Y - Y^H`` for ``Y = B (D + D^H / 2)``.
+    """
+    d = mm(b, c, precision)
+    y = mm(b, d + 0.5 * adjoint(d), precision)
+    return 0.5 * alpha * (3 * c - alpha * alpha * (y - adjoint(y)))
+
+
 def _scaled_symmetric_step(b, c, b2, alpha, *, precision):
     """A sign step on ``alpha [[B, C], [0, -B]]`` for symmetric ``C`` given ``B^2``: 3 products."""
     c = _symmetric_c_step(b, c, alpha, precision=precision)
@@ -142,8 +153,8 @@ def scaled_sign_lyapunov(b, c, *, max_iters: int, symmetric_rhs: bool, precision
     return 0.5 * c
 
 
-def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision):
-    """Solve ``B X + X B = C`` for symmetric ``C`` with given sign-iteration steps.
+def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision, skew: bool = False):
+    """Solve ``B X + X B = C`` for symmetric (or skew) ``C`` with given sign-iteration steps.
 
     Runs ``iterations`` steps of :func:`scaled_sign_lyapunov`'s symmetric iteration per
     matrix with the step sizes ``alphas[..., k]`` instead of measuring them. The steps
@@ -158,11 +169,13 @@ def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision):
 
     Args:
         b: ``(..., n, n)`` symmetric (Hermitian), spectrum in ``(0, 1]``.
-        c: ``(..., n, n)`` right-hand sides, read as ``(C + C^H) / 2``.
+        c: ``(..., n, n)`` right-hand sides, read as ``(C + C^H) / 2``, or with ``skew``
+            as ``(C - C^H) / 2`` (the polar factor's equation; the solution is then skew).
         alphas: ``(..., max_iters)`` step sizes.
         iterations: ``(...,)`` steps per matrix, at least 1 and at most ``max_iters``.
     """
-    c = symmetrize(c)
+    c_step = _skew_c_step if skew else _symmetric_c_step
+    c = 0.5 * (c - adjoint(c)) if skew else symmetrize(c)
     last = jnp.max(iterations) - 1
 
     def alpha_at(k):
@@ -170,15 +183,15 @@ def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision):
 
     def step(k, state):
         b, c = state
-        b_next, c_next = _scaled_symmetric_step(
-            b, c, mm(b, b, precision), alpha_at(k), precision=precision
-        )
+        alpha = alpha_at(k)
+        c_next = c_step(b, c, alpha, precision=precision)
+        b_next = 0.5 * alpha * (3 * b - alpha * alpha * mm(mm(b, b, precision), b, precision))
         return (b_next, c_next), k + 1 < iterations
 
     b, c = _sign.iterate_per_matrix(
         step, (b, c), iterations > 0, start=0, stop=last, until_all_frozen=False
     )
-    c_last = _symmetric_c_step(b, c, alpha_at(last), precision=precision)
+    c_last = c_step(b, c, alpha_at(last), precision=precision)
     return 0.5 * jnp.where((iterations > last)[..., None, None], c_last, c)
 
 

@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxsqrtm import _validation
@@ -49,24 +48,6 @@ class PolarInfo(NamedTuple):
     residual: jax.Array
     iterations: jax.Array
     scale: jax.Array
-
-
-def _check_array(func: str, g, name: str = "g"):
-    """``g`` as a JAX array of floating or complex ``(..., m, n)`` matrices."""
-    if not hasattr(g, "shape") or not hasattr(g, "dtype"):
-        g = np.asarray(g)
-    dtype = np.dtype(g.dtype)
-    if not jnp.issubdtype(dtype, jnp.inexact):
-        raise TypeError(
-            f"{func}: {name} must have a floating dtype (float16, bfloat16, float32, "
-            f"float64) or a complex one (complex64, complex128), got {dtype}"
-        )
-    if g.ndim < 2:
-        raise ValueError(
-            f"{func}: {name} must have shape (..., m, n) with at least 2 dimensions, "
-            f"got shape {tuple(g.shape)}"
-        )
-    return jnp.asarray(g)
 
 
 def _check_precision(func: str, precision, method: str):
@@ -223,7 +204,7 @@ def polar(
         True
     """
     func = "polar"
-    g = _check_array(func, g)
+    g = _validation.check_matrices(func, g, "g", square=False)
     config = configure(
         func, method, precision=precision, coefficients=coefficients, max_iters=max_iters
     )

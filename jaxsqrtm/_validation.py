@@ -18,13 +18,14 @@ _PRECISIONS = {
 }
 
 
-def check_matrices(func: str, a, name: str = "a"):
-    """Return ``a`` as a JAX array of floating square matrices ``(..., n, n)``.
+def check_matrices(func: str, a, name: str = "a", *, square: bool = True):
+    """Return ``a`` as a JAX array of floating matrices ``(..., n, n)`` (``(..., m, n)``
+    with ``square=False``).
 
     Real (float16, bfloat16, float32, float64) and complex (complex64, complex128)
-    dtypes are accepted; integer and boolean ones are not. The functions that take the
-    array use only its symmetric part ``(A + A^T) / 2``, or its Hermitian part
-    ``(A + A^H) / 2`` for complex input.
+    dtypes are accepted; integer and boolean ones are not. The functions that take
+    square matrices use only their symmetric part ``(A + A^T) / 2``, or their Hermitian
+    part ``(A + A^H) / 2`` for complex input.
     """
     if not hasattr(a, "shape") or not hasattr(a, "dtype"):
         a = np.asarray(a)
@@ -34,12 +35,13 @@ def check_matrices(func: str, a, name: str = "a"):
             f"{func}: {name} must have a floating dtype (float16, bfloat16, float32, "
             f"float64) or a complex one (complex64, complex128), got {dtype}"
         )
+    shape = "(..., n, n)" if square else "(..., m, n)"
     if a.ndim < 2:
         raise ValueError(
-            f"{func}: {name} must have shape (..., n, n) with at least 2 dimensions, "
+            f"{func}: {name} must have shape {shape} with at least 2 dimensions, "
             f"got shape {tuple(a.shape)}"
         )
-    if a.shape[-1] != a.shape[-2]:
+    if square and a.shape[-1] != a.shape[-2]:
         raise ValueError(
             f"{func}: {name} must be square in its last two dimensions, got shape {tuple(a.shape)}"
         )

@@ -42,9 +42,9 @@ is solved on the range (``0`` where ``s_i + s_j = 0``): the derivative of the po
 factor on the manifold of matrices of that rank.
 
 For ``"auto"``, ``H_hat = H / c`` has the singular values ``sigma / c`` that the forward
-took to 1, so both solves replay the forward's step sizes: ``Omega`` by
-:func:`replayed_skew_lyapunov` and ``H_hat^(-1) = L_(H_hat)^(-1)(2 I)`` by
-:func:`jaxsqrtm._lyapunov.replayed_sign_lyapunov`; no power iteration. For ``"svd"``
+took to 1, so both solves replay the forward's step sizes with
+:func:`jaxsqrtm._lyapunov.replayed_sign_lyapunov`: ``Omega`` with ``skew=True`` and
+``H_hat^(-1) = L_(H_hat)^(-1)(2 I)``; no power iteration. For ``"svd"``
 both are solved in the eigenbasis of ``H`` from the SVD. Both go through
 :func:`jaxsqrtm._lyapunov.lyapunov_inverse`, so the rules can be differentiated again.
 
@@ -261,46 +261,6 @@ def scaled_polar_iteration(x0, gram0, active, *, max_iters: int, wide: bool, pre
     return x, iterations, alphas
 
 
-def _skew_c_step(b, c, alpha, *, precision):
-    """The ``C`` half of a sign step on ``alpha [[B, C], [0, -B]]`` for skew-Hermitian ``C``.
-
-    ``alpha (3 C - alpha^2 (B^2 C + C B^2 - B C B)) / 2`` in 2 products: with ``D = B C``
-    (so ``C B = -D^H``) the bracket is ``Y - Y^H`` for ``Y = B (D + D^H / 2)``.
-    """
-    d = mm(b, c, precision)
-    y = mm(b, d + 0.5 * adjoint(d), precision)
-    return 0.5 * alpha * (3 * c - alpha * alpha * (y - adjoint(y)))
-
-
-def replayed_skew_lyapunov(b, c, alphas, iterations, *, precision):
-    """Solve ``B X + X B = C`` for skew-Hermitian ``C`` with given sign-iteration steps.
-
-    :func:`jaxsqrtm._lyapunov.replayed_sign_lyapunov` for the skew-Hermitian part
-    ``(C - C^H) / 2`` of ``c`` (the solution is skew-Hermitian too): the same steps of the
-    block sign iteration, ``iterations`` per matrix with step sizes ``alphas[..., k]``,
-    with the ``C`` update of :func:`_skew_c_step`. ``4 k - 2`` products for
-    ``k = max(iterations)``.
-    """
-    c = 0.5 * (c - adjoint(c))
-    last = jnp.max(iterations) - 1
-
-    def alpha_at(k):
-        return lax.dynamic_index_in_dim(alphas, k, axis=-1, keepdims=False)[..., None, None]
-
-    def step(k, state):
-        b, c = state
-        alpha = alpha_at(k)
-        c_next = _skew_c_step(b, c, alpha, precision=precision)
-        b_next = 0.5 * alpha * (3 * b - alpha * alpha * mm(mm(b, b, precision), b, precision))
-        return (b_next, c_next), k + 1 < iterations
-
-    b, c = _sign.iterate_per_matrix(
-        step, (b, c), iterations > 0, start=0, stop=last, until_all_frozen=False
-    )
-    c_last = _skew_c_step(b, c, alpha_at(last), precision=precision)
-    return 0.5 * jnp.where((iterations > last)[..., None, None], c_last, c)
-
-
 class AccuratePolar(NamedTuple):
     """Everything ``"auto"`` computes; also the residuals of its reverse mode."""
 
@@ -362,7 +322,9 @@ def _accurate_tangent(result: AccuratePolar, x, dx, config):
     h_hat = jnp.where(mask, h_hat, eye_like(h_hat))
 
     def skew_solve(rhs):
-        return replayed_skew_lyapunov(h_hat, rhs, alphas, iterations, precision=precision)
+        return _lyapunov.replayed_sign_lyapunov(
+            h_hat, rhs, alphas, iterations, precision=precision, skew=True
+        )
 
     def solve(rhs):
         return _lyapunov.replayed_sign_lyapunov(h_hat, rhs, alphas, iterations, precision=precision)

@@ -158,14 +158,7 @@ def run(settings, bar) -> dict:
                 failed[column] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
                 bar.update(settings.repeats)
             bar.update(1)
-        timing.measure_interleaved(
-            list(timed.values()),
-            repeats=settings.repeats,
-            min_repeats=settings.min_repeats,
-            max_case_s=settings.max_case_s,
-            on_sample=lambda: bar.update(1),
-        )
-        bar.update(sum(settings.repeats - len(item.samples) for item in timed.values()))
+        timing.measure_with_progress(list(timed.values()), settings, bar)
         for column in available_columns():
             if column in timed:
                 rows.append(make_row(shape, column, timed[column], reference))

@@ -97,14 +97,7 @@ def run(settings, bar) -> dict:
                     bar.update(1)
         for item in timed.values():
             timing.warm_up(item, settings.warmup, settings.min_sample_s)
-        timing.measure_interleaved(
-            list(timed.values()),
-            repeats=settings.repeats,
-            min_repeats=settings.min_repeats,
-            max_case_s=settings.max_case_s,
-            on_sample=lambda: bar.update(1),
-        )
-        bar.update(sum(settings.repeats - len(item.samples) for item in timed.values()))
+        timing.measure_with_progress(list(timed.values()), settings, bar)
         for function in settings.functions:
             for precision in settings.precisions:
                 modes = {mode: timed[function, precision, mode] for mode in MODES}

@@ -106,6 +106,19 @@ def measure_interleaved(
                 on_sample()
 
 
+def measure_with_progress(cases: list[Timed], settings, bar) -> None:
+    """:func:`measure_interleaved` with the sweep's ``repeats``, ``min_repeats`` and
+    ``max_case_s``, ticking ``bar`` once per sample and once per sample a case skipped."""
+    measure_interleaved(
+        cases,
+        repeats=settings.repeats,
+        min_repeats=settings.min_repeats,
+        max_case_s=settings.max_case_s,
+        on_sample=lambda: bar.update(1),
+    )
+    bar.update(sum(settings.repeats - len(timed.samples) for timed in cases))
+
+
 def summarize(samples) -> dict:
     """Median, quartiles, extremes and count of ``samples`` (seconds)."""
     samples = np.asarray(samples, dtype=np.float64)
