@@ -421,6 +421,8 @@ AUTO = Method(
     knobs=(Knob("p", 2, check_degree), count_knob("max_iters", _sign.MAX_ITERS)),
     root=_auto_root,
     cost=_auto_cost,
+    mixed_note="fractional powers run their iterations with float32 products only (sqrtm and "
+    "inv_sqrtm take 'mixed')",
 )
 
 EIGH = Method(
