@@ -24,6 +24,7 @@ import jaxsqrtm
 from jaxsqrtm import testing
 
 KAPPAS = (1e2, 1e4, 1e6)
+ROUND_OFF = 8 * float(np.finfo(np.float32).eps)  # 9.5e-7
 ROOTS = {"sqrtm": jaxsqrtm.sqrtm, "inv_sqrtm": jaxsqrtm.inv_sqrtm}
 
 
@@ -79,17 +80,23 @@ def table(request):
 
 @pytest.mark.parametrize("name", list(ROOTS))
 def test_accuracy_against_highest(table, name):
-    """Measured ratios mixed / highest (n = 16 and 64, every spectrum): forward at most
-    1.9 (1.6 for the inverse root), gradient at most 1.6 up to condition number 1e4;
-    1.0 at 1e6, where the iteration runs as "highest" does."""
+    """Measured ratios mixed / highest (n = 16 and 64, every spectrum; jax 0.10.2):
+    forward at most 1.9 (1.6 for the inverse root), gradient at most 1.7 up to condition
+    number 1e4; 1.0 at 1e6, where the iteration runs as "highest" does.
+
+    Errors below ``ROUND_OFF`` (8 eps) count as that: with jax 0.7.1 the inverse root's
+    gradient at n = 16 and condition number 1e2 measured 1.03e-6 against "highest"'s
+    4.6e-7 (2.2 times; both 4 to 9 eps), where jax 0.10.2 gives 1.7 times."""
     _, result = table
     forward_h, backward_h, _ = result[name]["highest"]
     forward_m, backward_m, _ = result[name]["mixed"]
     assert result[name]["finite"]
     for i in range(len(forward_h)):
         factor = 2 if kappa_of(i) <= 1e4 else 3
-        assert forward_m[i] < factor * forward_h[i], (name, i, forward_m[i], forward_h[i])
-        assert backward_m[i] < factor * backward_h[i], (name, i, backward_m[i], backward_h[i])
+        bound_f = factor * max(forward_h[i], ROUND_OFF)
+        bound_b = factor * max(backward_h[i], ROUND_OFF)
+        assert forward_m[i] < bound_f, (name, i, forward_m[i], forward_h[i])
+        assert backward_m[i] < bound_b, (name, i, backward_m[i], backward_h[i])
 
 
 def shares(info):
@@ -185,7 +192,9 @@ def test_ill_conditioned_matrices_run_as_highest():
     bit for bit, also next to a matrix that takes bfloat16 steps."""
     a = np.stack([testing.spd_matrix(32, k, seed=5) for k in (1e6, 1e2)]).astype(np.float32)
     mixed, info = jaxsqrtm.sqrtm(a, precision="mixed", return_info=True)
-    np.testing.assert_array_equal(mixed[0], jaxsqrtm.sqrtm(a[:1])[0])
+    # against "highest" on the same batch: with jax 0.7.1 "highest" itself differs
+    # between a batch of 1 and of 2 (1.2e-5 relative at condition number 1e6)
+    np.testing.assert_array_equal(mixed[0], jaxsqrtm.sqrtm(a)[0])
     assert list(np.asarray(info.low_precision_iterations) > 0) == [False, True]
 
 
