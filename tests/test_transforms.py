@@ -17,6 +17,10 @@ from jaxsqrtm import testing
 
 ROOTS = {"sqrtm": jaxsqrtm.sqrtm, "inv_sqrtm": jaxsqrtm.inv_sqrtm}
 CONVERGED = testing.CONVERGED_KNOBS
+# jaxlib 0.7's CPU compiler crashed (segmentation fault) compiling the accurate mode's
+# forward-over-reverse program in a long-running pytest-xdist worker, in two CI runs of
+# the oldest-versions environment; the same test passes there when its module runs alone.
+OLD_COMPILER = tuple(int(part) for part in jax.__version__.split(".")[:2]) < (0, 8)
 
 
 def loss(root, method, **knobs):
@@ -174,6 +178,8 @@ def test_check_grads_float64(method, root_name, batch):
 def test_forward_over_reverse_float64(method, root_name, batch):
     """Hessian-vector products by jax.jvp of jax.grad match central differences of the
     gradient (measured 1e-10 relative)."""
+    if OLD_COMPILER and method == "auto":
+        pytest.skip("jaxlib 0.7's compiler crashes on this program in a long test worker")
     f = loss(ROOTS[root_name], method, **CONVERGED[method])
     grad = jax.grad(f)
 
