@@ -17,10 +17,6 @@ from jaxsqrtm import testing
 
 ROOTS = {"sqrtm": jaxsqrtm.sqrtm, "inv_sqrtm": jaxsqrtm.inv_sqrtm}
 CONVERGED = testing.CONVERGED_KNOBS
-# jaxlib 0.7's CPU compiler crashed (segmentation fault) compiling forward-over-reverse
-# programs (the first one a worker compiles: "auto" twice, then "mpa") in a long-running
-# pytest-xdist worker of the oldest-versions environment; the module passes alone there.
-OLD_COMPILER = tuple(int(part) for part in jax.__version__.split(".")[:2]) < (0, 8)
 
 
 def loss(root, method, **knobs):
@@ -178,8 +174,6 @@ def test_check_grads_float64(method, root_name, batch):
 def test_forward_over_reverse_float64(method, root_name, batch):
     """Hessian-vector products by jax.jvp of jax.grad match central differences of the
     gradient (measured 1e-10 relative)."""
-    if OLD_COMPILER:
-        pytest.skip("jaxlib 0.7's compiler crashes on these programs in a long test worker")
     f = loss(ROOTS[root_name], method, **CONVERGED[method])
     grad = jax.grad(f)
 
