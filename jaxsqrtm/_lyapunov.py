@@ -175,7 +175,7 @@ def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision, skew: bool = 
         iterations: ``(...,)`` steps per matrix, at least 1 and at most ``max_iters``.
     """
     c_step = _skew_c_step if skew else _symmetric_c_step
-    c = 0.5 * (c - adjoint(c)) if skew else symmetrize(c)
+    c = _skew_part(c) if skew else symmetrize(c)
     last = jnp.max(iterations) - 1
 
     def alpha_at(k):
@@ -195,13 +195,16 @@ def replayed_sign_lyapunov(b, c, alphas, iterations, *, precision, skew: bool = 
     return 0.5 * jnp.where((iterations > last)[..., None, None], c_last, c)
 
 
-def lyapunov_operator(s, x, precision):
-    """``L_S(X) = S X + X S`` for symmetric (Hermitian) ``S`` and ``X``: one product."""
+def lyapunov_operator(s, x, precision, *, skew: bool = False):
+    """``L_S(X) = S X + X S`` for symmetric (Hermitian) ``S`` and symmetric ``X`` (with
+    ``skew``: skew-Hermitian ``X``, where ``X S = -(S X)^H``): one product."""
     y = mm(s, x, precision)
-    return y + adjoint(y)
+    return y - adjoint(y) if skew else y + adjoint(y)
 
 
-def refined_replayed_lyapunov(b, c, alphas, iterations, *, policy):
+def refined_replayed_lyapunov(
+    b, c, alphas, iterations, *, policy, skew: bool = False, solves: int | None = None
+):
     """:func:`replayed_sign_lyapunov` under the mixed policy: bfloat16 solves, refined.
 
     Mixed-precision iterative refinement: ``X_0 = solve(C)`` and
@@ -214,22 +217,32 @@ def refined_replayed_lyapunov(b, c, alphas, iterations, *, policy):
     about ``eta``: three solves reach float32 round-off. Linear in ``C`` (as far as
     round-off goes), so it serves :func:`lyapunov_inverse` as the replayed solve does.
 
+    With ``skew``, ``C`` is read as ``(C - C^H) / 2`` and the solution is skew-Hermitian,
+    as for :func:`replayed_sign_lyapunov`. ``solves`` overrides ``policy.backward_solves``.
+
     Cost: ``policy.backward_solves (4 k - 2)`` bfloat16 products for ``k = max(iterations)``
     and ``policy.backward_solves - 1`` float32 products.
     """
-    return _refined_symmetric(b, c, alphas, iterations, policy=policy)[0]
+    return _refined_symmetric(b, c, alphas, iterations, policy=policy, skew=skew, solves=solves)[0]
 
 
-def _refined_symmetric(b, c, alphas, iterations, *, policy):
+def _refined_symmetric(b, c, alphas, iterations, *, policy, skew: bool = False, solves=None):
     """:func:`refined_replayed_lyapunov` and the error its last refinements predict."""
+    part = _skew_part if skew else symmetrize
 
     def solve(rhs):
         # Symmetrised: fused multiply-adds under jit leave the iterate's two triangles a
-        # round-off apart, and the one-product residual needs a symmetric X.
-        return symmetrize(replayed_sign_lyapunov(b, rhs, alphas, iterations, precision=policy.low))
+        # round-off apart, and the one-product residual needs a (skew-)symmetric X.
+        return part(
+            replayed_sign_lyapunov(b, rhs, alphas, iterations, precision=policy.low, skew=skew)
+        )
 
-    operator = functools.partial(lyapunov_operator, b, precision=policy.high)
-    return _refine(solve, operator, symmetrize(c), policy.backward_solves)
+    operator = functools.partial(lyapunov_operator, b, precision=policy.high, skew=skew)
+    return _refine(solve, operator, part(c), solves or policy.backward_solves)
+
+
+def _skew_part(x):
+    return 0.5 * (x - adjoint(x))
 
 
 def _refine(solve, operator, c, solves: int):

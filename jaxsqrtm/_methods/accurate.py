@@ -505,20 +505,7 @@ def _mixed_roots(a, config: Config, policy: _sign.MixedPrecision) -> Accurate:
     decomposed = _needs_decomposition(root, inverse_root, z, r, iterations, full)
     second_order = jnp.any(second_order_matters(z, r))
 
-    def single():
-        return _single_precision_roots(a, full)
-
-    def unused():
-        # Zeros built from the data, so that they vary over a shard_map mesh like it.
-        zero = jnp.zeros_like(a[..., 0, 0])
-
-        def zeros(x):
-            batch = zero.reshape(zero.shape + (1,) * (len(x.shape) - zero.ndim))
-            return jnp.broadcast_to(batch, x.shape).astype(x.dtype)
-
-        return jax.tree.map(zeros, jax.eval_shape(single))
-
-    other, other_z = lax.cond(jnp.all(low), unused, single)
+    other, other_z = _sign.unless_all(low, lambda: _single_precision_roots(a, full), like=a)
     pad = [(0, 0)] * (other.alphas.ndim - 1) + [(0, alphas.shape[-1] - other.alphas.shape[-1])]
 
     def pick(mine, theirs):
