@@ -39,7 +39,7 @@ class RootInfo(NamedTuple):
             ``"backward"``: what reverse mode adds), kinds ``"bfloat16"``, ``"float32"``
             (``"highest"``), ``"tf32"`` (``"high"``) and ``"default"``; the
             decomposition of ``"eigh"`` is not a product (empty mappings). Summed by
-            :func:`product_count`.
+            ``matmul_count(..., by_precision=True, info=info)``.
         low_precision_iterations: iterations with bfloat16 products (``precision="mixed"``;
             0 elsewhere).
         refinements: float32-residual refinement steps (``precision="mixed"``; 0

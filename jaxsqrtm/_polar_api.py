@@ -18,7 +18,7 @@ from jax import lax
 
 from jaxsqrtm import _validation
 from jaxsqrtm._core import Config
-from jaxsqrtm._matrix import BFLOAT16
+from jaxsqrtm._matrix import BFLOAT16, product_kind
 from jaxsqrtm._methods import POLAR_TABLE
 from jaxsqrtm._polar import gram_matrix, is_wide
 
@@ -42,16 +42,37 @@ class PolarInfo(NamedTuple):
             ``"quintic"``, ``||G^H G||_F^(1/2)`` for ``"auto"``, 1.01 times that for the
             other schedules, ``sigma_max`` for ``"svd"``.
 
-    All three are diagnostics: they are not differentiated (``lax.stop_gradient``).
+        products: the matrix products of the call per matrix and precision kind,
+            ``{"forward": {kind: count}, "backward": {kind: count}}`` (int32 arrays,
+            counted as :func:`polar_matmul_count` counts; ``"backward"``: what reverse
+            mode adds), kinds ``"bfloat16"``, ``"float32"``, ``"tf32"``, ``"default"``;
+            empty for ``"svd"``.
+        low_precision_iterations: steps with bfloat16 products of ``precision="mixed"``
+            (0 elsewhere; the fixed schedules' ``"bfloat16"`` steps are in ``products``).
+        refinements: float32-residual refinement steps (``precision="mixed"``; 0
+            elsewhere).
+
+    All are diagnostics: they are not differentiated (``lax.stop_gradient``).
+    ``products``, ``low_precision_iterations`` and ``refinements`` come after the first
+    three fields (``None`` by default), so ``PolarInfo(residual, iterations, scale)``
+    still builds one.
     """
 
     residual: jax.Array
     iterations: jax.Array
     scale: jax.Array
+    products: dict | None = None
+    low_precision_iterations: jax.Array | None = None
+    refinements: jax.Array | None = None
 
 
 def _check_precision(func: str, precision, method: str):
-    """:func:`jaxsqrtm._validation.check_precision`, or ``"bfloat16"`` for a fixed schedule."""
+    """:func:`jaxsqrtm._validation.check_precision` (``"mixed"`` for the entries that take
+    it), or ``"bfloat16"`` for a fixed schedule."""
+    if isinstance(precision, str) and precision.lower() == _validation.MIXED:
+        # the entry rejects it, with its reason, if it does not implement it
+        POLAR_TABLE[method].configure(func, inverse=False, precision=precision, given={})
+        return _validation.MIXED
     if isinstance(precision, str) and precision.lower() == BFLOAT16:
         if method not in _BFLOAT16_METHODS:
             raise ValueError(
@@ -164,9 +185,14 @@ def polar(
         precision: matmul precision of the steps: ``"highest"`` (default), ``"high"``,
             ``"default"``, a :class:`jax.lax.Precision`, or ``"bfloat16"`` (fixed
             schedules only): bfloat16 operands with float32 accumulation, as Muon runs on
-            accelerators. ``"auto"`` stops at float32 round-off, which products of lower
-            precision (TF32 or bfloat16 passes on accelerators) may not reach: its
-            matrices then run ``max_iters`` steps and are decomposed.
+            accelerators; or ``"mixed"`` (``"auto"`` only, real float32 input): bfloat16
+            steps and float32-residual refinement where the condition number is at most
+            about 300 (a float32 QR first when ``m != n``), ``"highest"``'s computation
+            elsewhere, with float32 accuracy (module doc of
+            :mod:`jaxsqrtm._methods.polar`; the README's *Mixed precision* section).
+            ``"auto"`` stops at float32 round-off, which products of lower precision
+            (TF32 or bfloat16 passes on accelerators) may not reach: its matrices then
+            run ``max_iters`` steps and are decomposed.
         return_info: also return a :class:`PolarInfo`.
 
     Returns:
@@ -177,7 +203,8 @@ def polar(
         TypeError: integer or boolean ``g``; ``coefficients`` that are not numbers; a
             non-integer ``max_iters``.
         ValueError: fewer than 2 dimensions; an unknown method or precision;
-            ``"bfloat16"`` with ``"auto"`` or ``"svd"`` or complex input; coefficients of
+            ``"bfloat16"`` with ``"auto"`` or ``"svd"`` or complex input; ``"mixed"`` with
+            another method than ``"auto"`` or input that is not real float32; coefficients of
             the wrong shape or not finite, or given to another method than
             ``"polynomial"``.
 
@@ -210,6 +237,8 @@ def polar(
     )
     if config.precision == BFLOAT16 and jnp.iscomplexobj(g):
         raise ValueError(f"{func}: precision='bfloat16' needs real input, got {g.dtype}")
+    if config.precision == _validation.MIXED:
+        _validation.check_mixed_dtype(func, g.dtype, "g")
     return_info = _validation.check_bool(func, "return_info", return_info)
     return _polar(g, config, return_info)
 
@@ -221,7 +250,8 @@ def _polar(g, config: Config, return_info: bool):
     if g.size == 0:
         out = jnp.zeros_like(g)
         zeros = jnp.zeros(batch, _validation.compute_dtype(jnp.finfo(g.dtype).dtype))
-        info = PolarInfo(zeros, jnp.zeros(batch, jnp.int32), zeros)
+        counts = jnp.zeros(batch, jnp.int32)
+        info = PolarInfo(zeros, counts, zeros, _static_products(config, counts), counts, counts)
         return (out, info) if return_info else out
     x = g.astype(dtype)
     result = POLAR_TABLE[config.method].root(x, config)
@@ -229,7 +259,32 @@ def _polar(g, config: Config, return_info: bool):
     if not return_info:
         return out
     residual = _residual(lax.stop_gradient(result.out), result.nullity)
-    return out, PolarInfo(residual, result.iterations, lax.stop_gradient(result.scale))
+    zeros = jnp.zeros_like(result.iterations)
+
+    def given_or_zeros(value):
+        return zeros if value is None else value
+
+    products = result.products
+    if products is None:
+        products = _static_products(config, zeros)
+    return out, PolarInfo(
+        residual,
+        result.iterations,
+        lax.stop_gradient(result.scale),
+        products,
+        given_or_zeros(result.low_precision_iterations),
+        given_or_zeros(result.refinements),
+    )
+
+
+def _static_products(config: Config, zeros):
+    """:attr:`PolarInfo.products` of an entry with a static ``cost`` (empty for ``"svd"``)."""
+    forward = POLAR_TABLE[config.method].cost(config, False)
+    if forward is None:
+        return {"forward": {}, "backward": {}}
+    backward = POLAR_TABLE[config.method].cost(config, True) - forward
+    kind = product_kind(config.precision)
+    return {"forward": {kind: zeros + forward}, "backward": {kind: zeros + backward}}
 
 
 def _residual(u, nullity):
@@ -259,7 +314,9 @@ def polar_matmul_count(
     ``info.iterations``: ``2k`` forward; backward, or a ``jax.jvp``, ``4k + 1`` more:
     ``4k - 2`` of ``min(m, n)^3`` for the Lyapunov solve and 3 of ``max(m, n)
     min(m, n)^2``; for ``m != n`` ``8k + 1``, with the solve for ``H^(-1)`` and 2 more
-    products), and for ``"svd"``, which is not built from products.
+    products), and for ``"svd"``, which is not built from products. A call's own counts,
+    per matrix and precision kind (also for ``precision="mixed"``), are in
+    :attr:`PolarInfo.products`.
 
     Example:
         >>> import jaxsqrtm

@@ -40,7 +40,7 @@ def kappa_of(index):
 
 
 def forward_backward(root, precision):
-    """The root, its vector-Jacobian product and its ``RootInfo``, jitted."""
+    """The root (or polar factor), its vector-Jacobian product and its info, jitted."""
 
     @jax.jit
     def run(a, g):
@@ -296,3 +296,133 @@ def test_solve_lyapunov(symmetric_rhs):
 def test_solve_lyapunov_mixed_needs_convergence():
     with pytest.raises(ValueError, match="num_iters=None"):
         jaxsqrtm.solve_lyapunov(jnp.eye(3), jnp.eye(3), precision="mixed")
+
+
+# --- polar ------------------------------------------------------------------------------------
+
+
+POLAR_SHAPES = ((32, 32), (48, 24), (24, 48))
+
+
+def polar_cases(shape):
+    """Every spectrum at every condition number, ``(9,) + shape`` float64, kappa-major."""
+    return np.stack(
+        [
+            testing.rectangular_matrix(*shape, k, kind=kind, seed=sum(shape))
+            for k in KAPPAS
+            for kind in testing.SPECTRA
+        ]
+    )
+
+
+@pytest.fixture(scope="module", params=POLAR_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def polar_table(request):
+    """Errors of both precisions (factor and gradient) and the mixed call's info."""
+    g = polar_cases(request.param)
+    cotangent = np.random.default_rng(1).standard_normal(g.shape)
+    reference = testing.polar_reference(g)
+    # the derivative of the polar factor is self-adjoint: the same map gives the gradient
+    reference_grad = testing.polar_derivative_reference(g, cotangent)
+    g32, c32 = jnp.asarray(g, jnp.float32), jnp.asarray(cotangent, jnp.float32)
+    result = {}
+    for precision in ("highest", "mixed"):
+        out, grad, info = forward_backward(jaxsqrtm.polar, precision)(g32, c32)
+        forward = [testing.relative_error(o, r) for o, r in zip(out, reference, strict=True)]
+        backward = [testing.relative_error(o, r) for o, r in zip(grad, reference_grad, strict=True)]
+        finite = bool(jnp.all(jnp.isfinite(out))) and bool(jnp.all(jnp.isfinite(grad)))
+        result[precision] = (np.array(forward), np.array(backward), info, finite)
+    return request.param, result
+
+
+def test_polar_accuracy_against_highest(polar_table):
+    """Measured ratios mixed / max(highest, 8 eps) at condition number 1e2 (jax 0.10.2,
+    three spectra, three shapes): factor at most 1.45, gradient at most 1.68; from 1e4
+    on both are "highest"'s (ratio 1.0)."""
+    _, result = polar_table
+    forward_h, backward_h, _, _ = result["highest"]
+    forward_m, backward_m, _, finite = result["mixed"]
+    assert finite
+    for i in range(len(forward_h)):
+        factor = 2 if kappa_of(i) <= 1e4 else 3
+        assert forward_m[i] < factor * max(forward_h[i], ROUND_OFF), (i, forward_m, forward_h)
+        assert backward_m[i] < factor * max(backward_h[i], ROUND_OFF), (i, backward_m, backward_h)
+
+
+def test_polar_bfloat16_share(polar_table):
+    """Measured shares at condition number 1e2: 0.95 (2 refinements, 4 on the clustered
+    spectrum). The bfloat16 steps
+    serve condition numbers up to about 300 (:func:`jaxsqrtm._methods.polar.
+    mixed_polar_iteration`), so from 1e4 on the factor and its derivative are computed
+    in float32 as by "highest", after bfloat16 steps that were tried and dropped (share
+    0.01 to 0.18): the issue's 50% at 1e4 is not reached for the polar factor."""
+    shape, result = polar_table
+    info = result["mixed"][2]
+    share = shares(info)
+    highest = result["highest"][2]
+    for i, value in enumerate(share):
+        if kappa_of(i) == 1e2:
+            assert value >= 0.6, (shape, i, value)
+            assert int(info.low_precision_iterations[i]) > 0
+            assert int(info.refinements[i]) >= 1
+        else:
+            assert int(info.low_precision_iterations[i]) == 0
+            np.testing.assert_array_equal(
+                info.products["backward"]["float32"][i], highest.products["backward"]["float32"][i]
+            )
+    assert set(highest.products["forward"]) == {"float32"}
+
+
+def test_polar_transforms():
+    """jit, vmap, jvp and grad of vmap against the float64 derivative (measured: vmap
+    identical, derivatives 6e-7 to 1.5e-6)."""
+    g = jnp.asarray(testing.rectangular_matrix(12, 8, 10.0, batch=(3,), seed=2), jnp.float32)
+    tangent = jnp.asarray(testing.rectangular_matrix(12, 8, 3.0, seed=3), jnp.float32)
+
+    def f(x):
+        return jaxsqrtm.polar(x, precision="mixed")
+
+    out = jax.jit(
+        lambda g, t: {
+            "batch": f(g),
+            "vmap": jax.vmap(f)(g),
+            "jvp": jax.jvp(f, (g[0],), (t,))[1],
+            "grad_of_vmap": jax.grad(lambda y: jnp.sum(jnp.sin(jax.vmap(f)(y))))(g),
+        }
+    )(g, tangent)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in out.values())
+    assert testing.relative_error(out["vmap"], out["batch"]) < 1e-6
+    reference = testing.polar_derivative_reference(g[0], tangent)
+    assert testing.relative_error(out["jvp"], reference) < 1e-5
+    cotangent = np.cos(np.asarray(out["batch"], np.float64))
+    reference = testing.polar_derivative_reference(np.asarray(g, np.float64), cotangent)
+    assert testing.relative_error(out["grad_of_vmap"], reference) < 1e-5
+
+
+def test_polar_rank_deficient_and_ill_conditioned_run_as_highest():
+    """A rank-deficient matrix and one at condition number 1e6, next to one that takes
+    bfloat16 steps: the first two are "highest"'s, bit for bit (the SVD path for the
+    first)."""
+    g = np.stack(
+        [
+            testing.rectangular_matrix(16, 16, singular_values=np.linspace(1, 0.1, 12), seed=1),
+            testing.rectangular_matrix(16, 16, 1e6, seed=2),
+            testing.rectangular_matrix(16, 16, 10.0, seed=3),
+        ]
+    ).astype(np.float32)
+    mixed, info = jaxsqrtm.polar(g, precision="mixed", return_info=True)
+    highest = jaxsqrtm.polar(g)
+    np.testing.assert_array_equal(mixed[:2], highest[:2])
+    assert list(np.asarray(info.low_precision_iterations) > 0) == [False, False, True]
+    grad = jax.grad(lambda x: jnp.sum(jnp.sin(jaxsqrtm.polar(x, precision="mixed"))))(g)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+
+
+@pytest.mark.parametrize("method", ["quintic", "polar_express", "cubic", "svd"])
+def test_polar_other_methods_reject_mixed(method):
+    with pytest.raises(ValueError, match=f"precision='mixed' does not apply to method='{method}'"):
+        jaxsqrtm.polar(jnp.eye(4), method=method, precision="mixed")
+
+
+def test_polar_mixed_needs_real_float32():
+    with pytest.raises(ValueError, match="precision='mixed' needs real float32"):
+        jaxsqrtm.polar(jnp.eye(4, dtype=jnp.complex64), precision="mixed")

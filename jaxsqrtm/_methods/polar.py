@@ -48,6 +48,13 @@ took to 1, so both solves replay the forward's step sizes with
 both are solved in the eigenbasis of ``H`` from the SVD. Both go through
 :func:`jaxsqrtm._lyapunov.lyapunov_inverse`, so the rules can be differentiated again.
 
+``precision="mixed"`` (:func:`_mixed_polar`, policy :class:`jaxsqrtm._sign.MixedPrecision`):
+for ``m != n`` a float32 thin QR ``G = Q R`` first, ``U = Q polar(R)``; then bfloat16 steps
+(:func:`mixed_polar_iteration`) where the condition number is at most about ``300``,
+Newton refinement with float32 residuals and bfloat16 skew Lyapunov solves
+(:func:`refined_polar`), and refined bfloat16 solves in the derivative up to about
+``200``; ``"highest"``'s computation, bit for bit, for the other matrices.
+
 The fixed schedules are differentiated by autodiff through their steps: the derivative of
 the function they compute, which (for ``"quintic"``, tuned past convergence) is not that
 of the polar factor.
@@ -55,6 +62,7 @@ of the polar factor.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -71,6 +79,7 @@ from jaxsqrtm._matrix import (
     frobenius_norm,
     mm,
     power_start,
+    product_kind,
     real_dtype,
     symmetrize,
 )
@@ -101,6 +110,11 @@ class PolarRoot(NamedTuple):
     scale: jax.Array  # c of X_0 = G / c
     iterations: jax.Array  # int32 steps
     nullity: jax.Array  # int32 singular values set to zero (0 unless decomposed)
+    # "auto" only: products per matrix and precision kind, {"forward": {kind: int32},
+    # "backward": {...}}, and under precision="mixed" the bfloat16 steps and refinements
+    products: dict | None = None
+    low_precision_iterations: jax.Array | None = None
+    refinements: jax.Array | None = None
 
 
 # --- The noise floor -------------------------------------------------------------------------
@@ -266,14 +280,39 @@ class AccuratePolar(NamedTuple):
 
     out: jax.Array  # U by the iteration (not yet the decomposition's)
     scale: jax.Array  # c with X_0 = G / c
-    alphas: jax.Array  # (..., max_iters) step sizes
+    alphas: jax.Array  # (..., steps) step sizes (under "mixed" with the finishing steps)
     iterations: jax.Array  # (...,) steps taken
     decomposed: jax.Array  # (...,) bool: to be replaced by svd_polar
+    products: dict  # per matrix and kind: {"forward": {kind: int32}, "backward": {...}}
+    # precision="mixed" only: (...,) bool, the matrices served by bfloat16 steps (their
+    # Lyapunov solves are refined bfloat16 ones), their refinements, the steps to replay
+    low: jax.Array | None = None
+    refinements: jax.Array | None = None
+    replay: jax.Array | None = None
+    low_solve: jax.Array | None = None  # (...,) bool: refined bfloat16 Lyapunov solves
+
+
+def _is_mixed(config: Config) -> bool:
+    return config.precision == _validation.MIXED
+
+
+def _full_precision(config: Config) -> Config:
+    """``config`` with a single product precision: the mixed policy's float32 for the
+    parts it does not lower (the fallback iteration, the tangent's products)."""
+    if _is_mixed(config):
+        return dataclasses.replace(config, precision=_sign.MIXED.high)
+    return config
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def accurate_polar(x, config: Config) -> AccuratePolar:
     """The accurate mode on ``(..., m, n)`` ``x``: :class:`AccuratePolar`."""
+    if _is_mixed(config):
+        return _mixed_polar(x, config, _sign.MIXED)
+    return _single_precision_polar(x, config)
+
+
+def _single_precision_polar(x, config: Config) -> AccuratePolar:
     wide = is_wide(x.shape)
     max_iters = _max_iters(config, x.dtype)
     x0, gram0, c = spectral_normalized(x, wide=wide, precision=config.precision)
@@ -282,7 +321,246 @@ def accurate_polar(x, config: Config) -> AccuratePolar:
     )
     finite = jnp.all(jnp.isfinite(u), axis=(-2, -1))
     decomposed = ~finite | (iterations >= max_iters) | (c == 0)
-    return AccuratePolar(u, c, alphas, iterations, decomposed)
+    products = _products(config, iterations, rectangular=x.shape[-1] != x.shape[-2])
+    return AccuratePolar(u, c, alphas, iterations, decomposed, products)
+
+
+def _products(config: Config, iterations, *, rectangular: bool):
+    """Products of ``"auto"`` at one precision, per matrix: ``2k`` forward for ``k`` steps
+    (the normalisation's Gram matrix is the first step's); backward ``4k - 2`` for the
+    solve of ``Omega`` and 3 more (``4k - 2`` and 2 more again for ``H^(-1)`` when
+    ``m != n``). A decomposition is not counted (:func:`polar_matmul_count`)."""
+    kind = product_kind(config.precision)
+    solve = 4 * iterations - 2
+    backward = 2 * solve + 5 if rectangular else solve + 3
+    return {"forward": {kind: 2 * iterations}, "backward": {kind: backward}}
+
+
+# --- "auto" under precision="mixed" ----------------------------------------------------------
+
+
+def mixed_polar_iteration(x0, gram0, *, max_iters: int, policy: _sign.MixedPrecision):
+    """The bfloat16 phase of :func:`scaled_polar_iteration` under the mixed policy.
+
+    ``X_0`` is square or tall (``p >= q``), its Gram matrix ``X_0^H X_0`` and the first
+    deviation float32; every step after that takes bfloat16 products (the power
+    iterations stay float32 matrix-vector products) while
+    :func:`jaxsqrtm._sign.low_precision_phase` lets it. The policy's first test,
+    ``1 - dev_0 >= min_smallest``, reads ``sigma_min^2 / c^2 >= 1e-5`` here: condition
+    numbers up to about ``300``, which is also where bfloat16 Lyapunov solves with
+    ``H`` (of the same condition number) converge when refined. The factor comes out
+    with bfloat16-level errors (``2e-3`` to ``6e-3`` relative, measured), which
+    :func:`refined_polar` removes.
+
+    Returns:
+        ``(U, iterations, alphas, low, replay, low_steps, dev_0)``: the iterate, the steps per
+        matrix (int32), the step sizes of the schedule to replay (``iterations`` plus the
+        unit steps of :meth:`jaxsqrtm._sign.MixedPrecision.finishing`, length
+        ``max(max_iters, policy.max_low_steps + 1) + policy.finishing_steps``), the
+        ``(...,)`` bool of the matrices the phase serves, the steps to replay, the
+        bfloat16 steps every matrix took and the first deviation.
+
+    Cost: ``2 k - 1`` bfloat16 products for ``k`` steps (the first reuses ``gram0``).
+    """
+    high, low = policy.high, policy.low
+    floor = _sign.floor_for(x0.dtype)
+    tol = _sign.tolerance_for(x0.dtype)
+    dev, v = _sign.deviation(
+        gram0, power_start(gram0), num_iters=2 * _sign.WARMUP_MATVECS, precision=high
+    )
+    alpha = _sign.cubic_scale(dev, floor)
+    x = polynomial_step(x0, gram0, cubic_coefficients(alpha), wide=False, precision=low)
+    length = max(max_iters, policy.max_low_steps + 1) + policy.finishing_steps
+    index = jnp.arange(length)
+    alphas = jnp.where(index == 0, alpha[..., None], 0)
+    iterations = jnp.ones_like(dev, dtype=jnp.int32)
+
+    def step(k, state, precision):
+        x, v, iterations, alphas = state
+        gram = gram_matrix(x, wide=False, precision=precision)
+        dev, v = _sign.deviation(gram, v, num_iters=_sign.MATVECS_PER_STEP, precision=high)
+        alpha = _sign.cubic_scale(dev, floor)
+        x = polynomial_step(x, gram, cubic_coefficients(alpha), wide=False, precision=precision)
+        alphas = lax.dynamic_update_index_in_dim(alphas, alpha, k, axis=-1)
+        return (x, v, iterations + 1, alphas), dev
+
+    (x, _, iterations, alphas), served, last_deviation, low_steps = _sign.low_precision_phase(
+        step, (x, v, iterations, alphas), dev, policy=policy, tol=tol, start=1, stop=max_iters
+    )
+    replay = iterations + jnp.where(served, policy.finishing(last_deviation, x0.dtype), 0)
+    finishing = (index >= iterations[..., None]) & (index < replay[..., None])
+    alphas = jnp.where(finishing, 1, alphas)
+    return x, iterations, alphas, served, replay, low_steps, dev
+
+
+def refined_polar(u, x_hat, alphas, steps, active, *, policy: _sign.MixedPrecision):
+    """Refine a bfloat16-accurate polar factor of a square ``X_hat`` with float32 residuals.
+
+    For ``U`` with orthonormal columns, ``X_hat = U M`` with ``M = U^H X_hat``, whose polar
+    factor is ``I + K`` to first order, ``K`` skew with ``K H + H K = M - M^H`` for
+    ``H = (M + M^H) / 2``; so a step is::
+
+        U <- U - U (U^H U - I) / 2,   M = U^H X_hat,   U <- U (I + L_H^(-1)(M - M^H))
+
+    (``L_H(K) = H K + K H``), a Newton step for the polar factor. ``U^H U`` and ``M`` are
+    float32 products; the Lyapunov solve replays the forward's schedule
+    (:func:`jaxsqrtm._lyapunov.replayed_sign_lyapunov`, ``skew=True``) with bfloat16
+    products, and the products of ``U`` with the small ``U^H U - I`` and ``K`` are
+    bfloat16. Measured in float32 at condition number ``1e2``: the error goes from
+    ``3.6e-3`` to ``2.4e-5`` to ``6.4e-7`` (``"highest"``: ``5.5e-7``), so 2 steps;
+    each matrix stops when :meth:`jaxsqrtm._sign.MixedPrecision.refine_again` says so.
+    A last orthonormalisation step (the first line) follows.
+
+    Args:
+        u: ``(..., q, q)`` approximation of the polar factor of ``x_hat``.
+        x_hat: ``(..., q, q)``, singular values in ``(0, 1]``.
+        alphas, steps: the schedule that takes ``x_hat``'s singular values to 1.
+        active: ``(...,)`` bool, the matrices to refine (the others are left as they are).
+        policy: the :class:`jaxsqrtm._sign.MixedPrecision`.
+
+    Returns:
+        ``(U, refinements, size)``: the refined factor, the steps per matrix and the
+        relative size of the last correction (1 where none was taken).
+
+    Cost per step: 2 float32 products and ``4 s`` bfloat16 ones (``s = max(steps)``);
+    the last orthonormalisation 1 of each.
+    """
+    high, low = policy.high, policy.low
+    identity = eye_like(u)
+
+    def orthonormalized(u):
+        return u - 0.5 * mm(u, mm(adjoint(u), u, high) - identity, low)
+
+    def step(_, state):
+        u, previous, count = state
+        u = orthonormalized(u)
+        m = mm(adjoint(u), x_hat, high)
+        k = _lyapunov.replayed_sign_lyapunov(
+            symmetrize(m), m - adjoint(m), alphas, steps, precision=low, skew=True
+        )
+        correction = mm(u, k, low)
+        size = frobenius_norm(correction) / frobenius_norm(u)
+        again = policy.refine_again(size, previous, u.dtype)
+        return (u + correction, size, count + 1), again
+
+    # Built from the data, so that they vary over a shard_map mesh like it.
+    ones = jnp.ones_like(active, dtype=u.dtype)
+    u, size, count = _sign.iterate_per_matrix(
+        step,
+        (u, ones, jnp.zeros_like(active, dtype=jnp.int32)),
+        active,
+        start=0,
+        stop=policy.max_refinements,
+    )
+    u = jnp.where(active[..., None, None], orthonormalized(u), u)
+    return u, count, size
+
+
+def _mixed_polar(x, config: Config, policy: _sign.MixedPrecision) -> AccuratePolar:
+    """:func:`accurate_polar` under the mixed policy.
+
+    A tall (or wide) ``G`` is first reduced to a square one by a float32 thin QR
+    ``G = Q R`` (``2 p q^2 - 2 q^3 / 3`` flops, less than one ``p x q`` by ``q x q``
+    product, as which it is counted), and ``U = Q polar(R)``: refining the tall factor
+    itself needs the part of ``G`` outside its range, ``(I - U U^H) G``, whose float32
+    cancellation the solve with ``H^(-1)`` amplifies by the condition number (measured:
+    the refinement stalled at 3 times ``"highest"``'s error; through the QR 1.4 to 1.7
+    times). The square factor takes bfloat16 steps (:func:`mixed_polar_iteration`) and
+    float32-residual refinement (:func:`refined_polar`). The matrices these do not
+    serve (condition number above about ``300``, a refinement that did not converge, a
+    rank-deficient or non-finite ``G``) are computed by :func:`_single_precision_polar`,
+    bit for bit as ``"highest"`` computes them, run only when the batch has one
+    (:func:`jaxsqrtm._sign.unless_all`). The tangent's Lyapunov solves are refined
+    bfloat16 ones for the served matrices (:func:`_accurate_tangent`).
+    """
+    high = policy.high
+    full = _full_precision(config)
+    wide = is_wide(x.shape)
+    tall = adjoint(x) if wide else x
+    rectangular = tall.shape[-2] != tall.shape[-1]
+    basis, core = jnp.linalg.qr(tall) if rectangular else (None, tall)
+    max_iters = _max_iters(config, x.dtype)
+    x0, gram0, c = spectral_normalized(core, wide=False, precision=high)
+    u, iterations, alphas, low, replay, low_steps, first_deviation = mixed_polar_iteration(
+        x0, gram0, max_iters=max_iters, policy=policy
+    )
+    u, refinements, size = refined_polar(u, x0, alphas, replay, low, policy=policy)
+    if rectangular:
+        u = mm(basis, u, high)
+    finite = jnp.all(jnp.isfinite(u), axis=(-2, -1))
+    low = low & finite & (size <= _sign.tolerance_for(x.dtype))
+    # 1 - dev_0 is at least sigma_min^2 / c^2 (dev_0 a power iteration's lower bound)
+    low_solve = low & (1 - first_deviation >= policy.max_polar_solve_condition**-2)
+    out = adjoint(u) if wide else u
+
+    other = _sign.unless_all(low, lambda: _single_precision_polar(x, full), like=x)
+    pad = [(0, 0)] * (other.alphas.ndim - 1) + [(0, alphas.shape[-1] - other.alphas.shape[-1])]
+
+    def pick(mine, theirs):
+        mask = low.reshape(low.shape + (1,) * (mine.ndim - low.ndim))
+        return jnp.where(mask, mine, theirs)
+
+    products = _mixed_products(
+        policy,
+        low=low,
+        low_solve=low_solve,
+        iterations=iterations,
+        replay=replay,
+        low_steps=low_steps,
+        refinements=refinements,
+        rectangular=rectangular,
+        other=other,
+    )
+    return AccuratePolar(
+        out=pick(out, other.out),
+        scale=pick(c, other.scale),
+        alphas=pick(alphas, jnp.pad(other.alphas, pad)),
+        iterations=pick(iterations, other.iterations),
+        decomposed=pick(jnp.zeros_like(low), other.decomposed),
+        products=products,
+        low=low,
+        refinements=jnp.where(low, refinements, 0),
+        replay=pick(replay, other.iterations),
+        low_solve=low_solve,
+    )
+
+
+def _mixed_products(
+    policy, *, low, low_solve, iterations, replay, low_steps, refinements, rectangular, other
+):
+    """:func:`_products` under the mixed policy, per matrix.
+
+    Served matrices: the Gram matrix of the normalisation (float32), ``2 k - 1``
+    bfloat16 step products, per refinement 2 float32 products and ``4 s`` bfloat16 ones
+    (``s`` replayed steps), the last orthonormalisation (one of each), and for
+    ``m != n`` the QR and ``Q polar(R)`` (float32). The others: what they tried in
+    bfloat16 and float32, then the single-precision iteration's count (``other``).
+    Backward: the solve of ``Omega`` (and of ``H^(-1)`` for ``m != n``) as
+    ``policy.polar_solves`` bfloat16 replays of ``4 s - 2`` products and
+    ``policy.polar_solves - 1`` float32 residuals where ``low_solve``, a float32 replay
+    elsewhere; the tangent's other products (3, or 5 for ``m != n``) are float32.
+    """
+    high, low_kind = product_kind(policy.high), product_kind(policy.low)
+    shape = 2 * int(rectangular)
+    tried = refinements > 0
+    forward_high = 1 + shape + 2 * refinements + tried
+    forward_low = 2 * low_steps + 1 + 4 * refinements * replay + tried
+    other_forward = other.products["forward"][high]
+    solves = 1 + int(rectangular)
+    replay = jnp.where(low, replay, other.iterations)
+    backward_low = solves * policy.polar_solves * (4 * replay - 2)
+    backward_high = solves * (policy.polar_solves - 1) + 3 + shape
+    float32_solves = solves * (4 * replay - 2) + 3 + shape
+    return {
+        "forward": {
+            low_kind: forward_low,
+            high: jnp.where(low, forward_high, forward_high + other_forward),
+        },
+        "backward": {
+            low_kind: jnp.where(low_solve, backward_low, 0),
+            high: jnp.where(low_solve, backward_high, float32_solves),
+        },
+    }
 
 
 @accurate_polar.defjvp
@@ -290,12 +568,18 @@ def _accurate_polar_jvp(config, primals, tangents):
     (x,), (dx,) = primals, tangents
     result = accurate_polar(x, config)  # itself, so that this rule differentiates again
     du = _accurate_tangent(result, x, dx, config)
-    return result, AccuratePolar(
+    no_tangent = functools.partial(jax.tree.map, lambda v: jnp.zeros_like(v, jax.dtypes.float0))
+    return result, result._replace(
         out=du,
         scale=jnp.zeros_like(result.scale),  # a diagnostic: polar stops its gradient
         alphas=jnp.zeros_like(result.alphas),
-        iterations=jnp.zeros_like(result.iterations, dtype=jax.dtypes.float0),
-        decomposed=jnp.zeros_like(result.decomposed, dtype=jax.dtypes.float0),
+        iterations=no_tangent(result.iterations),
+        decomposed=no_tangent(result.decomposed),
+        products=no_tangent(result.products),
+        low=no_tangent(result.low),
+        refinements=no_tangent(result.refinements),
+        replay=no_tangent(result.replay),
+        low_solve=no_tangent(result.low_solve),
     )
 
 
@@ -307,7 +591,7 @@ def _accurate_tangent(result: AccuratePolar, x, dx, config):
     ``H_hat = I`` (one unit step), so that their tangent stays finite, also under reverse
     mode, where a NaN times a zero cotangent would still be NaN.
     """
-    precision = config.precision
+    precision = _full_precision(config).precision
     keep = ~result.decomposed
     wide = is_wide(x.shape)
     u = adjoint(result.out) if wide else result.out
@@ -317,17 +601,33 @@ def _accurate_tangent(result: AccuratePolar, x, dx, config):
     tall = jnp.where(mask, tall, 0)
     scale = jnp.where(keep, result.scale, 1)
     alphas = jnp.where(keep[..., None], result.alphas, 1)
-    iterations = jnp.where(keep, result.iterations, 1)
+    steps = result.iterations if result.replay is None else result.replay
+    iterations = jnp.where(keep, steps, 1)
     h_hat = symmetrize(mm(adjoint(u), tall, precision)) / scale[..., None, None].astype(x.dtype)
     h_hat = jnp.where(mask, h_hat, eye_like(h_hat))
 
+    def replayed(rhs, skew: bool):
+        def plain():
+            return _lyapunov.replayed_sign_lyapunov(
+                h_hat, rhs, alphas, iterations, precision=precision, skew=skew
+            )
+
+        if not _is_mixed(config):
+            return plain()
+
+        def refined():
+            policy = _sign.MIXED
+            return _lyapunov.refined_replayed_lyapunov(
+                h_hat, rhs, alphas, iterations, policy=policy, skew=skew, solves=policy.polar_solves
+            )
+
+        return _sign.where_some(result.low_solve & keep, refined, plain, like=rhs)
+
     def skew_solve(rhs):
-        return _lyapunov.replayed_sign_lyapunov(
-            h_hat, rhs, alphas, iterations, precision=precision, skew=True
-        )
+        return replayed(rhs, skew=True)
 
     def solve(rhs):
-        return _lyapunov.replayed_sign_lyapunov(h_hat, rhs, alphas, iterations, precision=precision)
+        return replayed(rhs, skew=False)
 
     du = polar_tangent(
         u,
@@ -356,7 +656,18 @@ def _auto_root(x, config: Config) -> PolarRoot:
     out, nullity = lax.cond(
         jnp.any(result.decomposed), decompose, keep, x, result.out, result.decomposed
     )
-    return PolarRoot(out, result.scale, result.iterations, nullity)
+    if result.low is None:
+        return PolarRoot(out, result.scale, result.iterations, nullity, result.products)
+    low_steps = jnp.where(result.low, result.iterations, 0)
+    return PolarRoot(
+        out,
+        result.scale,
+        result.iterations,
+        nullity,
+        products=result.products,
+        low_precision_iterations=low_steps,
+        refinements=result.refinements,
+    )
 
 
 @jax.checkpoint
@@ -464,6 +775,12 @@ def check_coefficients(func: str, name: str, value) -> tuple[tuple[float, ...], 
     return tuple(tuple(float(v) for v in row) for row in rows)
 
 
+SCHEDULE_MIXED_NOTE = (
+    "a fixed schedule has no convergence measurement to switch precision on; "
+    "precision='bfloat16' runs all its steps with bfloat16 products"
+)
+
+
 def _check_steps(func, knob, value):
     return _validation.check_count(func, knob, value, minimum=1)
 
@@ -476,6 +793,7 @@ def _schedule_method(name, summary, table, default_steps, normalization):
         knobs=(Knob("max_iters", default_steps, _check_steps),),
         root=_schedule_root(table, normalization),
         cost=schedule_cost(table),
+        mixed_note=SCHEDULE_MIXED_NOTE,
     )
 
 
@@ -486,6 +804,7 @@ AUTO = Method(
     knobs=(Knob("max_iters", None, _check_steps),),
     root=_auto_root,
     cost=lambda config, backward: None,
+    mixed=True,
 )
 QUINTIC = _schedule_method(
     "quintic",
@@ -518,6 +837,7 @@ POLYNOMIAL = Method(
     ),
     root=_schedule_root((), "spectral_bound"),
     cost=schedule_cost(()),
+    mixed_note=SCHEDULE_MIXED_NOTE,
 )
 SVD = Method(
     name="svd",
@@ -526,5 +846,6 @@ SVD = Method(
     knobs=(),
     root=_svd_root,
     cost=lambda config, backward: None,
+    mixed_note="it is not built from products",
 )
 METHODS = (AUTO, QUINTIC, POLAR_EXPRESS, CUBIC, POLYNOMIAL, SVD)
