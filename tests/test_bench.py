@@ -432,8 +432,8 @@ def test_cost_model():
 
 
 def test_precision_workload_runs_at_a_tiny_size(tmp_path):
-    """--precision adds the workload: both precisions of sqrtm on a 2 x 8 x 8 batch, with
-    times, errors, products per kind and the estimate."""
+    """--precision adds the workload: both precisions of sqrtm and of the polar factor on
+    a 2 x 8 x 8 batch, with times, errors, products per kind and the estimate."""
     json_path = tmp_path / "bench.json"
     args = ["--quick", "--workloads", "batch", "--batches", "1", "--batch-n", "8"]
     args += ["--methods", "eigh", "--functions", "sqrtm", "--repeats", "1", "--no-progress"]
@@ -442,7 +442,12 @@ def test_precision_workload_runs_at_a_tiny_size(tmp_path):
     with contextlib.redirect_stdout(stdout):
         assert bench.main([*args, "--json", str(json_path)]) == 0
     figures = json.loads(json_path.read_text())["precision"]
-    assert [r["precision"] for r in figures["rows"]] == ["highest", "mixed"]
+    assert [(r["function"], r["precision"]) for r in figures["rows"]] == [
+        ("sqrtm", "highest"),
+        ("sqrtm", "mixed"),
+        ("polar", "highest"),
+        ("polar", "mixed"),
+    ]
     for row in figures["rows"]:
         assert row["finite"] and row["forward_backward"]["median_s"] > 0
         assert row["error"]["forward"] < 1e-5 and row["error"]["gradient"] < 1e-4

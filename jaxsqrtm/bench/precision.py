@@ -1,17 +1,19 @@
-"""The ``precision`` workload: the accurate roots at each product precision, side by side.
+"""The ``precision`` workload: the accurate modes at each product precision, side by side.
 
 For each ``batch x n x n`` shape of ``precision_shapes`` (64 x 64 x 64 and
 1 x 1024 x 1024 by default, the shapes of its speed target) and each function of
-``functions``, the default method ``"auto"`` runs at every precision of ``precisions``
-(``--precision``; "highest" and "mixed" by default) on float32 SPD matrices of the run's
-spectrum and condition number. Each row has:
+``functions`` and :func:`jaxsqrtm.polar`, the default method ``"auto"`` runs at every
+precision of ``precisions`` (``--precision``; "highest" and "mixed" by default) on
+float32 matrices of the run's spectrum and condition number (SPD for the roots, square
+with those singular values for the polar factor). Each row has:
 
 * the forward and forward+backward times on the running device (medians of
   interleaved repeats, compile time excluded) and their ratio to ``"highest"``'s;
 * the relative Frobenius errors of the root and of the gradient against the float64
   references, largest over the batch;
 * the products per matrix by precision kind, forward+backward, from the call's
-  :attr:`jaxsqrtm.RootInfo.products` (the largest over the batch, which is what a
+  :attr:`jaxsqrtm.RootInfo.products` (:attr:`jaxsqrtm.PolarInfo.products`; the
+  largest over the batch, which is what a
   batched product does), their bfloat16 share, and the cost model's speed-up over
   ``"highest"`` on an H100 (:mod:`jaxsqrtm.bench.cost_model`): an estimate.
 
@@ -36,15 +38,29 @@ SPEEDUP_TARGET = 3.0
 MODES = ("forward", "forward_backward")
 
 
+def functions_of(settings) -> tuple[str, ...]:
+    """The run's root functions and the polar factor."""
+    return (*settings.functions, POLAR)
+
+
 def steps(settings) -> int:
     """Progress steps: per case, a compilation and ``repeats`` samples."""
-    per_shape = len(settings.functions) * len(settings.precisions) * len(MODES)
+    per_shape = len(functions_of(settings)) * len(settings.precisions) * len(MODES)
     return len(settings.precision_shapes) * per_shape * (1 + settings.repeats)
+
+
+POLAR = "polar"
+
+
+def _auto(function: str):
+    """``"auto"`` of ``function``: a root of :data:`jaxsqrtm.bench.cases.FUNCTIONS` or the
+    polar factor."""
+    return jaxsqrtm.polar if function == POLAR else cases.root_function(function, "auto")
 
 
 def case_function(function: str, precision: str, mode: str):
     """``a -> root`` or ``(a, g) -> (root, dl/da)`` of ``"auto"`` at ``precision``."""
-    root = cases.root_function(function, "auto")
+    root = _auto(function)
 
     def at_precision(a):
         return root(a, precision=precision)
@@ -52,18 +68,39 @@ def case_function(function: str, precision: str, mode: str):
     return at_precision if mode == "forward" else cases.value_and_gradient(at_precision)
 
 
+def case_input(function: str, n: int, batch: int, settings):
+    """float64 ``(batch, n, n)`` input of ``function`` at the run's spectrum and condition
+    number: SPD for a root, a square matrix with that spectrum as singular values for
+    the polar factor."""
+    if function == POLAR:
+        return testing.rectangular_matrix(
+            n, n, settings.kappa, kind=settings.spectrum, batch=(batch,), seed=settings.seed
+        )
+    return testing.spd_matrix(
+        n, settings.kappa, kind=settings.spectrum, batch=(batch,), seed=settings.seed
+    )
+
+
+def references(function: str, a64, g64):
+    """float64 value and gradient (vector-Jacobian product with ``g64``) of ``function``."""
+    if function == POLAR:
+        # the polar factor's derivative is self-adjoint: the same map gives the gradient
+        return testing.polar_reference(a64), testing.polar_derivative_reference(a64, g64)
+    inverse = function == "inv_sqrtm"
+    return (
+        testing.sqrtm_reference(a64, inverse=inverse),
+        testing.sqrtm_vjp_reference(a64, g64, inverse=inverse),
+    )
+
+
 def product_counts(function: str, precision: str, a) -> dict:
     """Forward+backward products per matrix by kind, the largest over the batch."""
-    root = cases.root_function(function, "auto")
+    root = _auto(function)
     _, info = jax.jit(lambda x: root(x, precision=precision, return_info=True))(a)
-    counts = jaxsqrtm.matmul_count(
-        "auto",
-        inverse=function == "inv_sqrtm",
-        backward=True,
-        precision=precision,
-        by_precision=True,
-        info=info,
-    )
+    counts = {}
+    for part in ("forward", "backward"):
+        for kind, count in info.products[part].items():
+            counts[kind] = counts.get(kind, 0) + count
     return {kind: int(np.max(count)) for kind, count in counts.items()}
 
 
@@ -80,17 +117,18 @@ def run(settings, bar) -> dict:
         ``{"platform", "kappa", "spectrum", "throughput", "rows", "summary"}``.
     """
     rows = []
+    functions = functions_of(settings)
     for batch, n in settings.precision_shapes:
-        a64 = testing.spd_matrix(
-            n, settings.kappa, kind=settings.spectrum, batch=(batch,), seed=settings.seed
-        )
-        g64 = np.random.default_rng(settings.seed + 1).standard_normal(a64.shape)
-        a, g = jnp.asarray(a64, jnp.float32), jnp.asarray(g64, jnp.float32)
+        inputs = {}
         timed = {}
-        for function in settings.functions:
+        for function in functions:
+            a64 = case_input(function, n, batch, settings)
+            g64 = np.random.default_rng(settings.seed + 1).standard_normal(a64.shape)
+            a, g = jnp.asarray(a64, jnp.float32), jnp.asarray(g64, jnp.float32)
+            inputs[function] = a, g
             for precision in settings.precisions:
                 for mode in MODES:
-                    bar.set_description(f"precision {batch}x{n}x{n} {precision}")
+                    bar.set_description(f"precision {function} {batch}x{n}x{n} {precision}")
                     args = (a,) if mode == "forward" else (a, g)
                     fn = case_function(function, precision, mode)
                     timed[function, precision, mode] = timing.compile_timed(fn, args)
@@ -98,10 +136,10 @@ def run(settings, bar) -> dict:
         for item in timed.values():
             timing.warm_up(item, settings.warmup, settings.min_sample_s)
         timing.measure_with_progress(list(timed.values()), settings, bar)
-        for function in settings.functions:
+        for function in functions:
             for precision in settings.precisions:
                 modes = {mode: timed[function, precision, mode] for mode in MODES}
-                rows.append(make_row(batch, n, function, precision, modes, a, g))
+                rows.append(make_row(batch, n, function, precision, modes, *inputs[function]))
     add_ratios(rows)
     return {
         "platform": jax.default_backend(),
@@ -115,10 +153,10 @@ def run(settings, bar) -> dict:
 
 def make_row(batch, n, function, precision, modes, a, g) -> dict:
     """One shape, function and precision: times, errors, products and their share."""
-    inverse = function == "inv_sqrtm"
     a64, g64 = np.asarray(a, np.float64), np.asarray(g, np.float64)
     root = modes["forward"].output
     _, grad = modes["forward_backward"].output
+    reference, reference_grad = references(function, a64, g64)
     products = product_counts(function, precision, a)
     return {
         "shape": [batch, n, n],
@@ -126,10 +164,8 @@ def make_row(batch, n, function, precision, modes, a, g) -> dict:
         "precision": precision,
         **{mode: timing.statistics(item) for mode, item in modes.items()},
         "error": {
-            "forward": testing.relative_error(root, testing.sqrtm_reference(a64, inverse=inverse)),
-            "gradient": testing.relative_error(
-                grad, testing.sqrtm_vjp_reference(a64, g64, inverse=inverse)
-            ),
+            "forward": testing.relative_error(root, reference),
+            "gradient": testing.relative_error(grad, reference_grad),
         },
         "finite": bool(np.all(np.isfinite(root)) and np.all(np.isfinite(grad))),
         "products": products,

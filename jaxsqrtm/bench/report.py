@@ -696,8 +696,9 @@ def precision_markdown(figures: dict) -> str:
         else ""
     )
     intro = paragraph(
-        f"**{PRECISION_TITLE}**: method auto, float32 SPD matrices with a "
-        f"{figures['spectrum']} spectrum, condition number {figures['kappa']:g}. ms: "
+        f"**{PRECISION_TITLE}**: method auto, float32 SPD matrices (square ones for the "
+        f"polar factor, as singular values) with a {figures['spectrum']} spectrum, "
+        f"condition number {figures['kappa']:g}. ms: "
         f"median on this device ({platform}), compile time excluded; products: forward+"
         "backward per matrix by kind (largest over the batch); bf16: their bfloat16 share; "
         "x highest: forward+backward speed-up over highest, measured here and estimated "
