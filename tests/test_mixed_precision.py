@@ -169,18 +169,24 @@ def test_second_order():
     assert testing.relative_error(hvp, differences) < 2e-3
 
 
-def test_shard_map():
+@pytest.mark.parametrize("name", ["sqrtm", "polar"])
+def test_shard_map(name):
     """Under ``jax.shard_map`` (here over this process's first device) forward and
     gradient equal the unsharded call (measured: identical)."""
     mesh = Mesh(np.array(jax.devices()[:1]), ("batch",))
     spec = PartitionSpec("batch")
-    a = jnp.asarray(testing.spd_matrix(8, 10.0, batch=(2,), seed=3), jnp.float32)
+    if name == "polar":
+        a = testing.rectangular_matrix(10, 8, 10.0, batch=(2,), seed=3)
+    else:
+        a = testing.spd_matrix(8, 10.0, batch=(2,), seed=3)
+    a = jnp.asarray(a, jnp.float32)
+    function = getattr(jaxsqrtm, name)
 
     def loss(x):
-        return jnp.sum(jnp.sin(jaxsqrtm.sqrtm(x, precision="mixed")))
+        return jnp.sum(jnp.sin(function(x, precision="mixed")))
 
     def both(x):
-        return jaxsqrtm.sqrtm(x, precision="mixed"), jax.grad(loss)(x)
+        return function(x, precision="mixed"), jax.grad(loss)(x)
 
     sharded = jax.jit(jax.shard_map(both, mesh=mesh, in_specs=spec, out_specs=(spec, spec)))
     for x, y in zip(sharded(a), jax.jit(both)(a), strict=True):

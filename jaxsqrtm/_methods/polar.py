@@ -200,7 +200,7 @@ def polar_tangent(u, h_hat, dx, skew_solve, solve, *, inv_c, range_term: bool, p
     omega = _lyapunov.lyapunov_inverse(h_hat, udx - adjoint(udx), skew_solve, precision=precision)
     if not range_term:
         return mm(u, omega, precision) * inv_c
-    two = jnp.broadcast_to(2 * eye_like(h_hat), h_hat.shape)
+    two = jnp.zeros_like(h_hat) + 2 * eye_like(h_hat)  # varies over a shard_map mesh like h_hat
     h_inverse = _lyapunov.lyapunov_inverse(h_hat, two, solve, precision=precision)
     inner = omega - mm(udx, h_inverse, precision)
     return (mm(u, inner, precision) + mm(dx, h_inverse, precision)) * inv_c
@@ -649,7 +649,7 @@ def _auto_root(x, config: Config) -> PolarRoot:
         return _decomposed_where(x, out, decomposed)
 
     def keep(x, out, decomposed):
-        return out, jnp.zeros(decomposed.shape, jnp.int32)
+        return out, jnp.zeros_like(decomposed, dtype=jnp.int32)
 
     # Outside the custom rule, so that JAX differentiates the cond (a select under vmap)
     # itself, and the decomposition's rule gives those matrices' tangents.
