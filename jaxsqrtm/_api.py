@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsqrtm import _sign, _validation
-from jaxsqrtm._core import Config
+from jaxsqrtm._core import Config, summed_products
 from jaxsqrtm._matrix import frobenius_norm, mm, product_kind, symmetrize
 from jaxsqrtm._methods import TABLE
 
@@ -380,9 +380,4 @@ def matmul_count(
             f"{func}: method={config.method!r} counts depend on the input; pass "
             "info=RootInfo from a call with return_info=True"
         )
-    parts = ("forward", "backward") if backward else ("forward",)
-    total = {}
-    for part in parts:
-        for kind, value in info.products[part].items():
-            total[kind] = total.get(kind, 0) + value
-    return total
+    return summed_products(info.products, backward=backward)

@@ -155,3 +155,15 @@ def choice_knob(name: str, default: str, choices: tuple[str, ...]) -> Knob:
         return _validation.check_choice(func, knob, value, choices)
 
     return Knob(name, default, check)
+
+
+def summed_products(products: dict, *, backward: bool) -> dict:
+    """Products per precision kind of ``products`` (``{"forward": {kind: count},
+    "backward": {...}}``, a call's :attr:`jaxsqrtm.RootInfo.products` or alike): the
+    forward's, plus the backward's with ``backward``."""
+    parts = ("forward", "backward") if backward else ("forward",)
+    total = {}
+    for part in parts:
+        for kind, value in products[part].items():
+            total[kind] = total.get(kind, 0) + value
+    return total

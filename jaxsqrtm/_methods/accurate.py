@@ -592,10 +592,11 @@ def _mixed_products(
     bfloat16 step products, per refinement one float32 residual and a bfloat16 replay of
     ``4 s - 2`` products (``s`` replayed steps; one more of each for the inverse root),
     and the ridge removal (bfloat16 where the whole batch was served). The others:
-    ``A_hat^2``, the bfloat16 steps and refinements they tried, then the single-precision
-    iteration's count (``other``). Backward: ``policy.backward_solves`` bfloat16 replays
-    and one float32 residual per refinement where ``low_solve``, a float32 replay
-    elsewhere; ``2`` float32 products more for the inverse root.
+    ``A_hat^2``, the bfloat16 steps, refinements and ridge removal they went through,
+    then the single-precision iteration's count (``other``). Backward:
+    ``policy.backward_solves`` bfloat16 replays and one float32 residual per refinement
+    where ``low_solve``, a float32 replay elsewhere; ``2`` float32 products more for the
+    inverse root.
     """
     inverse = int(config.inverse)
     high, low_kind = product_kind(policy.high), product_kind(policy.low)
@@ -606,7 +607,9 @@ def _mixed_products(
     refine_low = refinements * (4 * replay - 2 + inverse)
     served_high = 1 + ridge_count - ridge_low + refine_high
     served_low = ridge_low + 3 * (iterations - 1) + refine_low
-    forward_high = jnp.where(low, served_high, 1 + refine_high + other.products["forward"][high])
+    # the matrices not served also took the ridge removal of this path (at policy.high)
+    tried_high = 1 + refine_high + ridge_count - ridge_low
+    forward_high = jnp.where(low, served_high, tried_high + other.products["forward"][high])
     forward_low = jnp.where(low, served_low, 3 * low_steps + refine_low)
     replay = jnp.where(low, replay, other.iterations)
     solves = policy.backward_solves
