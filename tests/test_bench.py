@@ -432,8 +432,9 @@ def test_cost_model():
 
 
 def test_precision_workload_runs_at_a_tiny_size(tmp_path):
-    """--precision adds the workload: both precisions of sqrtm and of the polar factor on
-    a 2 x 8 x 8 batch, with times, errors, products per kind and the estimate."""
+    """--precision adds the workload: both precisions of sqrtm, the polar factor and
+    A^(-1/4) on a 2 x 8 x 8 batch, with times, errors, products per kind and the
+    estimate."""
     json_path = tmp_path / "bench.json"
     args = ["--quick", "--workloads", "batch", "--batches", "1", "--batch-n", "8"]
     args += ["--methods", "eigh", "--functions", "sqrtm", "--repeats", "1", "--no-progress"]
@@ -447,6 +448,8 @@ def test_precision_workload_runs_at_a_tiny_size(tmp_path):
         ("sqrtm", "mixed"),
         ("polar", "highest"),
         ("polar", "mixed"),
+        ("power", "highest"),
+        ("power", "mixed"),
     ]
     for row in figures["rows"]:
         assert row["finite"] and row["forward_backward"]["median_s"] > 0

@@ -2,18 +2,19 @@
 
 For each ``batch x n x n`` shape of ``precision_shapes`` (64 x 64 x 64 and
 1 x 1024 x 1024 by default, the shapes of its speed target) and each function of
-``functions`` and :func:`jaxsqrtm.polar`, the default method ``"auto"`` runs at every
-precision of ``precisions`` (``--precision``; "highest" and "mixed" by default) on
-float32 matrices of the run's spectrum and condition number (SPD for the roots, square
-with those singular values for the polar factor). Each row has:
+``functions``, :func:`jaxsqrtm.polar` and :func:`jaxsqrtm.fractional_matrix_power` at
+``t = -1/4`` (``"power"``), the default method ``"auto"`` runs at every precision of
+``precisions`` (``--precision``; "highest" and "mixed" by default) on float32 matrices
+of the run's spectrum and condition number (SPD for the roots and the power, square with
+those singular values for the polar factor). Each row has:
 
 * the forward and forward+backward times on the running device (medians of
   interleaved repeats, compile time excluded) and their ratio to ``"highest"``'s;
 * the relative Frobenius errors of the root and of the gradient against the float64
   references, largest over the batch;
 * the products per matrix by precision kind, forward+backward, from the call's
-  :attr:`jaxsqrtm.RootInfo.products` (:attr:`jaxsqrtm.PolarInfo.products`; the
-  largest over the batch, which is what a
+  :attr:`jaxsqrtm.RootInfo.products` (:attr:`jaxsqrtm.PolarInfo.products`,
+  :attr:`jaxsqrtm.PowerInfo.products`; the largest over the batch, which is what a
   batched product does), their bfloat16 share, and the cost model's speed-up over
   ``"highest"`` on an H100 (:mod:`jaxsqrtm.bench.cost_model`): an estimate.
 
@@ -31,6 +32,7 @@ import numpy as np
 
 import jaxsqrtm
 from jaxsqrtm import testing
+from jaxsqrtm._core import summed_products
 from jaxsqrtm.bench import cases, cost_model, timing
 
 PRECISIONS = ("highest", "high", "default", "mixed")
@@ -39,8 +41,8 @@ MODES = ("forward", "forward_backward")
 
 
 def functions_of(settings) -> tuple[str, ...]:
-    """The run's root functions and the polar factor."""
-    return (*settings.functions, POLAR)
+    """The run's root functions, the polar factor and ``A^(-1/4)``."""
+    return (*settings.functions, POLAR, POWER)
 
 
 def steps(settings) -> int:
@@ -50,12 +52,23 @@ def steps(settings) -> int:
 
 
 POLAR = "polar"
+POWER = "power"
+POWER_EXPONENT = -1 / 4
+"""The exponent of the ``power`` rows: Shampoo's for a matrix's two statistics."""
+
+
+def _power(a, **kwargs):
+    return jaxsqrtm.fractional_matrix_power(a, POWER_EXPONENT, **kwargs)
 
 
 def _auto(function: str):
-    """``"auto"`` of ``function``: a root of :data:`jaxsqrtm.bench.cases.FUNCTIONS` or the
-    polar factor."""
-    return jaxsqrtm.polar if function == POLAR else cases.root_function(function, "auto")
+    """``"auto"`` of ``function``: a root of :data:`jaxsqrtm.bench.cases.FUNCTIONS`, the
+    polar factor or the fractional power ``A^(-1/4)``."""
+    if function == POLAR:
+        return jaxsqrtm.polar
+    if function == POWER:
+        return _power
+    return cases.root_function(function, "auto")
 
 
 def case_function(function: str, precision: str, mode: str):
@@ -70,8 +83,8 @@ def case_function(function: str, precision: str, mode: str):
 
 def case_input(function: str, n: int, batch: int, settings):
     """float64 ``(batch, n, n)`` input of ``function`` at the run's spectrum and condition
-    number: SPD for a root, a square matrix with that spectrum as singular values for
-    the polar factor."""
+    number: SPD for a root or power, a square matrix with that spectrum as singular values
+    for the polar factor."""
     if function == POLAR:
         return testing.rectangular_matrix(
             n, n, settings.kappa, kind=settings.spectrum, batch=(batch,), seed=settings.seed
@@ -86,6 +99,11 @@ def references(function: str, a64, g64):
     if function == POLAR:
         # the polar factor's derivative is self-adjoint: the same map gives the gradient
         return testing.polar_reference(a64), testing.polar_derivative_reference(a64, g64)
+    if function == POWER:
+        return (
+            testing.power_reference(a64, POWER_EXPONENT),
+            testing.power_vjp_reference(a64, g64, POWER_EXPONENT),
+        )
     inverse = function == "inv_sqrtm"
     return (
         testing.sqrtm_reference(a64, inverse=inverse),
@@ -97,10 +115,7 @@ def product_counts(function: str, precision: str, a) -> dict:
     """Forward+backward products per matrix by kind, the largest over the batch."""
     root = _auto(function)
     _, info = jax.jit(lambda x: root(x, precision=precision, return_info=True))(a)
-    counts = {}
-    for part in ("forward", "backward"):
-        for kind, count in info.products[part].items():
-            counts[kind] = counts.get(kind, 0) + count
+    counts = summed_products(info.products, backward=True)
     return {kind: int(np.max(count)) for kind, count in counts.items()}
 
 

@@ -696,8 +696,9 @@ def precision_markdown(figures: dict) -> str:
         else ""
     )
     intro = paragraph(
-        f"**{PRECISION_TITLE}**: method auto, float32 SPD matrices (square ones for the "
-        f"polar factor, as singular values) with a {figures['spectrum']} spectrum, "
+        f"**{PRECISION_TITLE}**: method auto (power: A^(-1/4)), float32 SPD matrices "
+        f"(square ones for the polar factor, as singular values) with a "
+        f"{figures['spectrum']} spectrum, "
         f"condition number {figures['kappa']:g}. ms: "
         f"median on this device ({platform}), compile time excluded; products: forward+"
         "backward per matrix by kind (largest over the batch); bf16: their bfloat16 share; "
