@@ -282,20 +282,12 @@ def _root(a, config: Config, return_info: bool):
         _residual(result.out, x, config),
         result.iterations,
         result.scale,
-        _static_products(config, zeros) if result.products is None else result.products,
+        TABLE[config.method].static_products(config, zeros)
+        if result.products is None
+        else result.products,
         zeros if result.low_precision_iterations is None else result.low_precision_iterations,
         zeros if result.refinements is None else result.refinements,
     )
-
-
-def _static_products(config: Config, zeros):
-    """:data:`RootInfo.products` of an entry with a static ``cost``."""
-    forward = TABLE[config.method].cost(config, False)
-    if forward is None:
-        return {"forward": {}, "backward": {}}
-    backward = TABLE[config.method].cost(config, True) - forward
-    kind = product_kind(config.precision)
-    return {"forward": {kind: zeros + forward}, "backward": {kind: zeros + backward}}
 
 
 def _residual(out, a, config):

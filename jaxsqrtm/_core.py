@@ -37,6 +37,7 @@ import jax
 from jax import lax
 
 from jaxsqrtm import _validation
+from jaxsqrtm._matrix import product_kind
 
 
 class Root(NamedTuple):
@@ -103,6 +104,17 @@ class Method:
     # jaxsqrtm._validation.MIXED); the other entries reject it by name.
     mixed: bool = False
     mixed_note: str = "it has no convergence measurement to switch precision on"
+
+    def static_products(self, config: Config, zeros) -> dict:
+        """A call's products per matrix and precision kind from a static ``cost``:
+        ``{"forward": {kind: zeros + count}, "backward": {...}}`` (``zeros``: int32
+        ``(...,)``); empty mappings where ``cost`` is ``None``."""
+        forward = self.cost(config, False)
+        if forward is None:
+            return {"forward": {}, "backward": {}}
+        backward = self.cost(config, True) - forward
+        kind = product_kind(config.precision)
+        return {"forward": {kind: zeros + forward}, "backward": {kind: zeros + backward}}
 
     def configure(self, func: str, *, inverse: bool, precision, given: dict) -> Config:
         """Validate a call's keywords against the knobs; ``None`` means "the default".

@@ -18,7 +18,7 @@ from jax import lax
 
 from jaxsqrtm import _validation
 from jaxsqrtm._core import Config
-from jaxsqrtm._matrix import BFLOAT16, product_kind
+from jaxsqrtm._matrix import BFLOAT16
 from jaxsqrtm._methods import POLAR_TABLE
 from jaxsqrtm._polar import gram_matrix, is_wide
 
@@ -251,7 +251,14 @@ def _polar(g, config: Config, return_info: bool):
         out = jnp.zeros_like(g)
         zeros = jnp.zeros(batch, _validation.compute_dtype(jnp.finfo(g.dtype).dtype))
         counts = jnp.zeros(batch, jnp.int32)
-        info = PolarInfo(zeros, counts, zeros, _static_products(config, counts), counts, counts)
+        info = PolarInfo(
+            zeros,
+            counts,
+            zeros,
+            POLAR_TABLE[config.method].static_products(config, counts),
+            counts,
+            counts,
+        )
         return (out, info) if return_info else out
     x = g.astype(dtype)
     result = POLAR_TABLE[config.method].root(x, config)
@@ -266,7 +273,7 @@ def _polar(g, config: Config, return_info: bool):
 
     products = result.products
     if products is None:
-        products = _static_products(config, zeros)
+        products = POLAR_TABLE[config.method].static_products(config, zeros)
     return out, PolarInfo(
         residual,
         result.iterations,
@@ -275,16 +282,6 @@ def _polar(g, config: Config, return_info: bool):
         given_or_zeros(result.low_precision_iterations),
         given_or_zeros(result.refinements),
     )
-
-
-def _static_products(config: Config, zeros):
-    """:attr:`PolarInfo.products` of an entry with a static ``cost`` (empty for ``"svd"``)."""
-    forward = POLAR_TABLE[config.method].cost(config, False)
-    if forward is None:
-        return {"forward": {}, "backward": {}}
-    backward = POLAR_TABLE[config.method].cost(config, True) - forward
-    kind = product_kind(config.precision)
-    return {"forward": {kind: zeros + forward}, "backward": {kind: zeros + backward}}
 
 
 def _residual(u, nullity):
