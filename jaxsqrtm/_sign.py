@@ -208,7 +208,8 @@ class MixedPrecision:
             condition number of ``G`` itself (the square root's ``S_hat`` has the square
             root of ``A``'s): measured in float32 on clustered spectra at condition number
             ``1e2``, three solves left 3.7 times ``"highest"``'s gradient error, four 0.9
-            times (1.3 times at ``200``, 11 times at ``300``).
+            times with jax 0.10.2 but 4.1 times with jax 0.7.1 (48 x 24), five 1.1 times
+            (at ``200``: 0.95 times; at ``300``: 1.65 times, four 11 times).
         max_polar_solve_condition: largest condition number of ``G`` (estimated from the
             first deviation) whose polar derivative takes the refined bfloat16 solves.
     """
@@ -228,7 +229,7 @@ class MixedPrecision:
     refine_target: float = 4.0
     backward_solves: int = 3
     block_solves: int = 4
-    polar_solves: int = 4
+    polar_solves: int = 5
     max_polar_solve_condition: float = 200.0
 
     def low_precision(self, first_deviation):
