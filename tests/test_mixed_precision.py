@@ -381,7 +381,7 @@ def test_polar_bfloat16_share(polar_table):
 
 def test_polar_transforms():
     """jit, vmap, jvp and grad of vmap against the float64 derivative (measured: vmap
-    identical, derivatives 6e-7 to 1.5e-6)."""
+    identical, derivatives 4.1e-7 to 4.2e-7; 4.4e-7 to 5.2e-7 with jax 0.7.1)."""
     g = jnp.asarray(testing.rectangular_matrix(12, 8, 10.0, batch=(3,), seed=2), jnp.float32)
     tangent = jnp.asarray(testing.rectangular_matrix(12, 8, 3.0, seed=3), jnp.float32)
 
@@ -399,10 +399,10 @@ def test_polar_transforms():
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in out.values())
     assert testing.relative_error(out["vmap"], out["batch"]) < 1e-6
     reference = testing.polar_derivative_reference(g[0], tangent)
-    assert testing.relative_error(out["jvp"], reference) < 1e-5
+    assert testing.relative_error(out["jvp"], reference) < 2e-6
     cotangent = np.cos(np.asarray(out["batch"], np.float64))
     reference = testing.polar_derivative_reference(np.asarray(g, np.float64), cotangent)
-    assert testing.relative_error(out["grad_of_vmap"], reference) < 1e-5
+    assert testing.relative_error(out["grad_of_vmap"], reference) < 2e-6
 
 
 def test_polar_rank_deficient_and_ill_conditioned_run_as_highest():
